@@ -1,0 +1,112 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "apus",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "apus-controller", targets: ["apus-controller"]),
+        .executable(name: "apus-proxy", targets: ["apus-proxy"]),
+        .executable(name: "apus", targets: ["apus"]),
+        .library(name: "ApusCore", targets: ["ApusCore"]),
+        .library(name: "KubernetesClient", targets: ["KubernetesClient"]),
+        .library(name: "KubernetesTestServer", targets: ["KubernetesTestServer"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+    ],
+    targets: [
+        // Pure vocabulary shared by control and data plane: resource model, durations, route matching.
+        .target(
+            name: "ApusCore",
+            dependencies: []
+        ),
+        // The system OpenSSL 3 (libcrypto/libssl), used only through ApusX509.
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        // X.509 keys, certificates and CSRs on OpenSSL with a pointer-free Swift API.
+        .target(
+            name: "ApusX509",
+            dependencies: ["COpenSSL"]
+        ),
+        // Kubernetes API client: config, typed REST, watch, informers, work queue, leader election, events.
+        .target(
+            name: "KubernetesClient",
+            dependencies: [
+                "ApusCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        // An in-process kube-apiserver look-alike for tests (HTTP and HTTPS).
+        .target(
+            name: "KubernetesTestServer",
+            dependencies: [
+                "ApusCore",
+                "ApusX509",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "apus-controller",
+            dependencies: [
+                "ApusCore",
+                "KubernetesClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "apus-proxy",
+            dependencies: [
+                "ApusCore",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "apus",
+            dependencies: [
+                "ApusCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "InformerBenchmark",
+            dependencies: ["ApusCore", "KubernetesClient", "KubernetesTestServer"],
+            path: "Benchmarks/InformerBenchmark"
+        ),
+        .testTarget(name: "ApusCoreTests", dependencies: ["ApusCore"]),
+        .testTarget(name: "ApusX509Tests", dependencies: ["ApusX509"]),
+        .testTarget(
+            name: "KubernetesClientTests",
+            dependencies: ["ApusCore", "KubernetesClient", "KubernetesTestServer", "ApusX509"]
+        ),
+        .testTarget(
+            name: "ManifestTests",
+            dependencies: ["ApusCore", .product(name: "Yams", package: "Yams")],
+            resources: []
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)
