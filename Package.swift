@@ -15,7 +15,6 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
-        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
@@ -47,6 +46,7 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
@@ -61,6 +61,7 @@ let package = Package(
                 "ApusCore",
                 "ApusX509",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -68,10 +69,21 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The controller-manager's components: caches, leader election, and (as they land) identity,
+        // destination, injector and reconcilers.
+        .target(
+            name: "ApusController",
+            dependencies: [
+                "ApusCore",
+                "KubernetesClient",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "apus-controller",
             dependencies: [
                 "ApusCore",
+                "ApusController",
                 "KubernetesClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -96,16 +108,25 @@ let package = Package(
             dependencies: ["ApusCore", "KubernetesClient", "KubernetesTestServer"],
             path: "Benchmarks/InformerBenchmark"
         ),
-        .testTarget(name: "ApusCoreTests", dependencies: ["ApusCore"]),
+        .testTarget(name: "ApusCoreTests", dependencies: ["ApusCore", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "ApusX509Tests", dependencies: ["ApusX509"]),
         .testTarget(
-            name: "KubernetesClientTests",
-            dependencies: ["ApusCore", "KubernetesClient", "KubernetesTestServer", "ApusX509"]
+            name: "ApusControllerTests",
+            dependencies: ["ApusCore", "ApusController", "KubernetesClient", "KubernetesTestServer"]
         ),
         .testTarget(
+            name: "KubernetesClientTests",
+            dependencies: [
+                "ApusCore", "KubernetesClient", "KubernetesTestServer", "ApusX509",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
+        // Offline checks of crds/, config/, charts/ and examples/; reads them from the checkout via #filePath.
+        .testTarget(
             name: "ManifestTests",
-            dependencies: ["ApusCore", .product(name: "Yams", package: "Yams")],
-            resources: []
+            dependencies: ["ApusCore", .product(name: "Yams", package: "Yams")]
         ),
     ],
     swiftLanguageModes: [.v6]

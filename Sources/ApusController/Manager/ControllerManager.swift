@@ -1,0 +1,134 @@
+import ApusCore
+import KubernetesClient
+import Logging
+
+/// The controller-manager: the shared informer caches every control-plane component reads, leader election,
+/// and the Event recorder.
+///
+/// ```
+///                ┌─ Informer<Pod> ─────────┐
+///  API server ──►├─ Informer<Service> ─────┤   caches (read-only Stores), warm on every replica
+///   list+watch   ├─ Informer<EndpointSlice>┤──► components (destination, reconcilers, …)
+///                ├─ Informer<Namespace> ───┤
+///                ├─ Informer<ServiceProfile>
+///                └─ Informer<HTTPRoute> ───┘
+///  LeaderElector (Lease apus/apus-controller) ──► leader-only components run while this replica leads
+/// ```
+///
+/// Caches run on every replica so a standby that wins the lease starts with warm state; components that write
+/// (status, reconcilers) are leader-only. Each informer is the single owner of its cache.
+public final class ControllerManager: Sendable {
+    /// Work that may only run on the elected leader; cancelled when leadership is lost.
+    public typealias LeaderComponent = @Sendable (ControllerManager) async -> Void
+
+    public let options: ControllerOptions
+    public let client: KubernetesClient
+    public let events: EventRecorder
+    public let pods: Informer<Pod>
+    public let services: Informer<Service>
+    public let endpointSlices: Informer<EndpointSlice>
+    public let namespaces: Informer<Namespace>
+    public let serviceProfiles: Informer<ServiceProfile>
+    public let httpRoutes: Informer<HTTPRoute>
+    public let elector: LeaderElector?
+    private let leaderComponents: [LeaderComponent]
+    private let logger: Logger
+
+    public init(
+        client: KubernetesClient, options: ControllerOptions = ControllerOptions(),
+        leaderComponents: [LeaderComponent] = [], logger: Logger = Logger(label: "apus.controller")
+    ) {
+        self.client = client
+        self.options = options
+        self.leaderComponents = leaderComponents
+        self.logger = logger
+        self.events = EventRecorder(client: client, component: "apus-controller", host: options.identity)
+        self.pods = Informer(client: client, Pod.self, resyncPeriod: options.resyncPeriod)
+        self.services = Informer(client: client, Service.self, resyncPeriod: options.resyncPeriod)
+        self.endpointSlices = Informer(
+            client: client, EndpointSlice.self, resyncPeriod: options.resyncPeriod,
+            indexers: [.label(EndpointSlice.serviceNameLabel)])
+        self.namespaces = Informer(client: client, Namespace.self, resyncPeriod: options.resyncPeriod)
+        self.serviceProfiles = Informer(client: client, ServiceProfile.self, resyncPeriod: options.resyncPeriod)
+        self.httpRoutes = Informer(client: client, HTTPRoute.self, resyncPeriod: options.resyncPeriod)
+        self.elector =
+            options.leaderElection
+            ? LeaderElector(
+                client: client,
+                configuration: LeaderElectionConfiguration(
+                    leaseName: options.leaseName, namespace: options.controlNamespace, identity: options.identity))
+            : nil
+    }
+
+    /// Every API call the manager's own parts make, by resource; `config/rbac` must grant exactly these.
+    /// Components added by later features append theirs here next to the code that makes the calls.
+    public static func requiredPermissions(options: ControllerOptions = ControllerOptions()) -> [PermissionRule] {
+        let watch = ["list", "watch"]
+        var rules: [PermissionRule] = [
+            PermissionRule(Pod.resourceType, verbs: watch, scope: .cluster),
+            PermissionRule(Service.resourceType, verbs: watch, scope: .cluster),
+            PermissionRule(EndpointSlice.resourceType, verbs: watch, scope: .cluster),
+            PermissionRule(Namespace.resourceType, verbs: watch, scope: .cluster),
+            PermissionRule(ServiceProfile.resourceType, verbs: watch, scope: .cluster),
+            PermissionRule(HTTPRoute.resourceType, verbs: watch, scope: .cluster),
+            // EventRecorder: new Events are created, repeats bump `count` with a merge patch.
+            PermissionRule(Event.resourceType, verbs: ["create", "patch"], scope: .cluster),
+        ]
+        // LeaderElector: create cannot be limited by name; reads and renewals can.
+        rules.append(PermissionRule(Lease.resourceType, verbs: ["create"], scope: .namespace))
+        rules.append(
+            PermissionRule(Lease.resourceType, verbs: ["get", "update"], scope: .namespace, names: [options.leaseName]))
+        return rules
+    }
+
+    /// Waits until every cache holds its first full list.
+    public func waitUntilSynced() async {
+        await pods.waitUntilSynced()
+        await services.waitUntilSynced()
+        await endpointSlices.waitUntilSynced()
+        await namespaces.waitUntilSynced()
+        await serviceProfiles.waitUntilSynced()
+        await httpRoutes.waitUntilSynced()
+    }
+
+    /// Runs the caches and, on the leader, the leader-only components, until the calling task is cancelled.
+    /// On cancellation the lease is released so a standby takes over without waiting for it to expire.
+    public func run() async {
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.pods.run() }
+            group.addTask { await self.services.run() }
+            group.addTask { await self.endpointSlices.run() }
+            group.addTask { await self.namespaces.run() }
+            group.addTask { await self.serviceProfiles.run() }
+            group.addTask { await self.httpRoutes.run() }
+            group.addTask {
+                await self.waitUntilSynced()
+                self.logger.info(
+                    "caches synced",
+                    metadata: [
+                        "pods": "\(self.pods.store.count)", "services": "\(self.services.store.count)",
+                        "endpointslices": "\(self.endpointSlices.store.count)",
+                        "namespaces": "\(self.namespaces.store.count)",
+                        "serviceprofiles": "\(self.serviceProfiles.store.count)",
+                        "httproutes": "\(self.httpRoutes.store.count)",
+                    ])
+                if let elector = self.elector {
+                    await elector.run(
+                        whileLeading: { await self.runLeaderComponents() },
+                        onStoppedLeading: { self.logger.warning("lost leadership; leader-only components stopped") },
+                        onNewLeader: { leader in self.logger.info("leader is \(leader)") })
+                } else {
+                    await self.runLeaderComponents()
+                }
+            }
+        }
+    }
+
+    private func runLeaderComponents() async {
+        await withDiscardingTaskGroup { group in
+            for component in leaderComponents {
+                group.addTask { await component(self) }
+            }
+        }
+    }
+}
