@@ -53,9 +53,10 @@ import NIOSSL
 /// - Pods and other objects without finalizers are deleted immediately (no graceful deletion; `gracePeriodSeconds`
 ///   and `propagationPolicy` are ignored). Deleting a namespace deletes its contents synchronously; it only stays
 ///   (Terminating) while it has `metadata.finalizers`.
-/// - Lists are always served from the latest state: `resourceVersion`/`resourceVersionMatch` on a list are
-///   ignored, and pages after the first (`continue`) show the current objects after the last key rather than a
-///   snapshot at the first page's revision (the list metadata still reports that revision).
+/// - Lists are served from the latest state: `resourceVersion`/`resourceVersionMatch` on a list are ignored.
+///   Pages after the first (`continue`) do show the snapshot at the first page's revision, as etcd serves them.
+/// - Authorization is a closure (``Options/authorizer``) deciding on user, verb, group, resource, namespace and
+///   name; there are no Role/ClusterRole objects, aggregation or impersonation.
 /// - Field selectors accept any dotted path (the real server only allows the fields each kind indexes) and compare
 ///   string forms; a missing field compares as the empty string.
 /// - Watches have no server-side default timeout; the legacy `/watch/` paths and `sendInitialEvents` are not
@@ -79,6 +80,9 @@ public final class KubernetesTestServer: Sendable {
         public var eventLogCapacity = 100_000
         /// Event loop threads serving connections.
         public var threads = 1
+        /// Decides whether an authenticated user may make a request, like the API server's RBAC authorizer;
+        /// a refusal is answered 403 Forbidden. `nil` allows everything (every user is a cluster admin).
+        public var authorizer: (@Sendable (AuthorizationAttributes) -> Bool)?
 
         public init() {}
     }

@@ -35,8 +35,10 @@ final class ServerCore: Sendable {
     let state: NIOLockedValueBox<ServerState>
     let bearerTokens: [String: String]
     let clientCA: Certificate?
+    let authorizer: (@Sendable (AuthorizationAttributes) -> Bool)?
 
     init(options: KubernetesTestServer.Options, clientCA: Certificate?) {
+        authorizer = options.authorizer
         var initial = ServerState(options: options)
         let tokens = options.bearerTokens
         initial.createHandlers[
@@ -90,6 +92,12 @@ final class ServerCore: Sendable {
             }
             guard let route else { return try nonResource(path: path, method: request.method) }
             guard let user else { throw APIError.unauthorized() }
+            if let authorizer, let verb {
+                let attributes = AuthorizationAttributes(user: user, verb: verb, route: route, query: query)
+                guard authorizer(attributes) else {
+                    throw APIError.forbidden(attributes.refusal)
+                }
+            }
             if let injected { throw injected }
             if query["dryRun"].map({ !$0.isEmpty }) ?? false {
                 throw APIError.badRequest("dryRun is not supported by the Apus test server")
@@ -312,5 +320,56 @@ extension APIError {
     init(status: Status) {
         self.status = status
         self.retryAfterSeconds = status.details?.retryAfterSeconds
+    }
+}
+
+/// What an authorizer decides on: the request's user, verb and target, as RBAC sees them.
+public struct AuthorizationAttributes: Sendable, Hashable, CustomStringConvertible {
+    public var user: String
+    /// get, list, watch, create, update, patch, delete or deletecollection.
+    public var verb: String
+    public var apiGroup: String
+    /// The plural, e.g. `leases`.
+    public var resource: String
+    /// `status` for requests on the status subresource.
+    public var subresource: String?
+    public var namespace: String?
+    /// The object's name; for list and watch the name a `fieldSelector=metadata.name=<name>` pins, which is how
+    /// the real RBAC authorizer lets `resourceNames` rules cover list and watch.
+    public var name: String?
+
+    init(user: String, verb: String, route: ResourceRoute, query: [String: String]) {
+        self.user = user
+        self.verb = verb
+        self.apiGroup = route.resource.type.group
+        self.resource = route.resource.type.plural
+        self.subresource = route.statusSubresource ? "status" : nil
+        self.namespace = route.namespace
+        if let name = route.name {
+            self.name = name
+        } else if ["list", "watch"].contains(verb), let selector = query["fieldSelector"],
+            selector.hasPrefix("metadata.name="), !selector.contains(",")
+        {
+            self.name = String(selector.dropFirst("metadata.name=".count))
+        }
+    }
+
+    /// The resource with its subresource, as RBAC rules name it: `serviceprofiles/status`.
+    public var resourcePath: String { subresource.map { "\(resource)/\($0)" } ?? resource }
+
+    public var description: String {
+        let group = apiGroup.isEmpty ? "" : ".\(apiGroup)"
+        let scope = namespace.map { " in namespace \"\($0)\"" } ?? " at the cluster scope"
+        let object = name.map { " \"\($0)\"" } ?? ""
+        return "\(user) \(verb) \(resourcePath)\(group)\(object)\(scope)"
+    }
+
+    /// The message a real API server gives for a refused request.
+    var refusal: String {
+        let group = apiGroup.isEmpty ? "" : ".\(apiGroup)"
+        let object = name.map { " \"\($0)\"" } ?? ""
+        let scope = namespace.map { " in the namespace \"\($0)\"" } ?? " at the cluster scope"
+        return "\(resource)\(group)\(object) is forbidden: User \"\(user)\" cannot \(verb) resource "
+            + "\"\(resourcePath)\" in API group \"\(apiGroup)\"\(scope)"
     }
 }

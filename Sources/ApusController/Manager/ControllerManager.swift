@@ -56,7 +56,9 @@ public final class ControllerManager: Sendable {
             ? LeaderElector(
                 client: client,
                 configuration: LeaderElectionConfiguration(
-                    leaseName: options.leaseName, namespace: options.controlNamespace, identity: options.identity))
+                    leaseName: options.leaseName, namespace: options.controlNamespace, identity: options.identity,
+                    leaseDuration: options.leaseDuration, renewDeadline: options.renewDeadline,
+                    retryPeriod: options.retryPeriod))
             : nil
     }
 
@@ -114,7 +116,10 @@ public final class ControllerManager: Sendable {
                     ])
                 if let elector = self.elector {
                     await elector.run(
-                        whileLeading: { await self.runLeaderComponents() },
+                        whileLeading: {
+                            await self.recordLeadership()
+                            await self.runLeaderComponents()
+                        },
                         onStoppedLeading: { self.logger.warning("lost leadership; leader-only components stopped") },
                         onNewLeader: { leader in self.logger.info("leader is \(leader)") })
                 } else {
@@ -122,6 +127,15 @@ public final class ControllerManager: Sendable {
                 }
             }
         }
+    }
+
+    /// Like client-go, an Event on the Lease says which replica took over, for `kubectl describe lease`.
+    private func recordLeadership() async {
+        let lease = ObjectReference(
+            apiVersion: Lease.resourceType.apiVersion, kind: Lease.resourceType.kind,
+            namespace: options.controlNamespace, name: options.leaseName)
+        await events.record(
+            involving: lease, type: .normal, reason: "LeaderElection", message: "\(options.identity) became leader")
     }
 
     private func runLeaderComponents() async {

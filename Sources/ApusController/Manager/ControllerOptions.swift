@@ -10,17 +10,27 @@ public struct ControllerOptions: Sendable, Hashable {
     public var leaseName: String
     /// Unique per replica; the pod name in a cluster.
     public var identity: String
+    /// Lease timing (client-go's defaults: 15 s / 10 s / 2 s). A standby takes over at most `leaseDuration`
+    /// after the leader dies, at once when it shuts down cleanly (the lease is released).
+    public var leaseDuration: Duration
+    public var renewDeadline: Duration
+    public var retryPeriod: Duration
     /// How often informers re-deliver every object to level-based handlers.
     public var resyncPeriod: Duration?
 
     public init(
         controlNamespace: String = "apus", leaderElection: Bool = true, leaseName: String = "apus-controller",
-        identity: String = ControllerOptions.defaultIdentity(), resyncPeriod: Duration? = .seconds(600)
+        identity: String = ControllerOptions.defaultIdentity(), leaseDuration: Duration = .seconds(15),
+        renewDeadline: Duration = .seconds(10), retryPeriod: Duration = .seconds(2),
+        resyncPeriod: Duration? = .seconds(600)
     ) {
         self.controlNamespace = controlNamespace
         self.leaderElection = leaderElection
         self.leaseName = leaseName
         self.identity = identity
+        self.leaseDuration = leaseDuration
+        self.renewDeadline = renewDeadline
+        self.retryPeriod = retryPeriod
         self.resyncPeriod = resyncPeriod
     }
 
