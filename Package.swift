@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // Pure vocabulary shared by control and data plane: resource model, durations, route matching.
@@ -77,6 +78,7 @@ let package = Package(
                 "ApusCore",
                 "KubernetesClient",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
@@ -87,6 +89,7 @@ let package = Package(
                 "KubernetesClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
@@ -105,21 +108,34 @@ let package = Package(
         ),
         .executableTarget(
             name: "InformerBenchmark",
-            dependencies: ["ApusCore", "KubernetesClient", "KubernetesTestServer"],
+            dependencies: [
+                "ApusCore", "KubernetesClient", "KubernetesTestServer",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
             path: "Benchmarks/InformerBenchmark"
         ),
         .testTarget(name: "ApusCoreTests", dependencies: ["ApusCore", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "ApusX509Tests", dependencies: ["ApusX509"]),
         .testTarget(
             name: "ApusControllerTests",
-            dependencies: ["ApusCore", "ApusController", "KubernetesClient", "KubernetesTestServer"]
+            dependencies: [
+                "ApusCore", "ApusController", "KubernetesClient", "KubernetesTestServer",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
+            ]
         ),
         .testTarget(
             name: "KubernetesClientTests",
             dependencies: [
                 "ApusCore", "KubernetesClient", "KubernetesTestServer", "ApusX509",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),

@@ -1,9 +1,9 @@
 import ApusController
 import ApusCore
 import ArgumentParser
-import Foundation
 import KubernetesClient
 import Logging
+import ServiceLifecycle
 
 /// `apus-controller`: the control plane's controller-manager.
 @main
@@ -29,10 +29,25 @@ struct ApusControllerCommand: AsyncParsableCommand {
     @Option(help: "Identity of this replica in the Lease (default: $POD_NAME or host-pid).")
     var identity: String?
 
+    @Option(help: "Seconds a standby waits after the leader's last renewal before taking over.")
+    var leaseDurationSeconds = 15
+
+    @Option(help: "Seconds the leader keeps retrying a failed renewal before it steps down (< lease duration).")
+    var renewDeadlineSeconds = 10
+
+    @Option(help: "Seconds between leader election attempts and renewals.")
+    var retryPeriodSeconds = 2
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
     mutating func validate() throws {
+        guard retryPeriodSeconds > 0, renewDeadlineSeconds > retryPeriodSeconds,
+            leaseDurationSeconds > renewDeadlineSeconds
+        else {
+            throw ValidationError(
+                "leader election needs 0 < --retry-period-seconds < --renew-deadline-seconds < --lease-duration-seconds")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
@@ -56,25 +71,23 @@ struct ApusControllerCommand: AsyncParsableCommand {
             throw ValidationError("cannot configure the Kubernetes client: \(error)")
         }
         let client = try KubernetesClient(configuration: configuration)
-        var options = ControllerOptions(controlNamespace: controlNamespace, leaderElection: leaderElect)
+        var options = ControllerOptions(
+            controlNamespace: controlNamespace, leaderElection: leaderElect,
+            leaseDuration: .seconds(leaseDurationSeconds), renewDeadline: .seconds(renewDeadlineSeconds),
+            retryPeriod: .seconds(retryPeriodSeconds))
         if let identity { options.identity = identity }
         let manager = ControllerManager(client: client, options: options)
-
-        let run = Task { await manager.run() }
-        let signals = installSignalHandlers { run.cancel() }
-        await run.value
-        signals.forEach { $0.cancel() }
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [.init(service: manager, successTerminationBehavior: .gracefullyShutdownGroup)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: Logger(label: "apus.controller.lifecycle")))
+        do {
+            try await group.run()
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
         try await client.shutdown()
-    }
-}
-
-/// Cancels the manager on SIGINT/SIGTERM so leases are released and connections closed before exit.
-private func installSignalHandlers(_ onSignal: @escaping @Sendable () -> Void) -> [any DispatchSourceSignal] {
-    [SIGINT, SIGTERM].map { number in
-        signal(number, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-        source.setEventHandler(handler: onSignal)
-        source.resume()
-        return source
     }
 }

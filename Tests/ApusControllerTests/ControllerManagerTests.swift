@@ -4,6 +4,7 @@ import Foundation
 import KubernetesClient
 import KubernetesTestServer
 import NIOConcurrencyHelpers
+import ServiceLifecycleTestKit
 import Testing
 
 /// The controller-manager against the API test server, authenticated as its ServiceAccount and authorized by the
@@ -150,6 +151,25 @@ import Testing
         #expect(fixture.refusals.withLockedValue { $0 }.map(\.description) == [])
         try await clientA.shutdown()
         try await clientB.shutdown()
+        try await fixture.shutdown()
+    }
+
+    @Test("a graceful shutdown, as SIGTERM triggers in the ServiceGroup, stops the manager and releases the lease")
+    func gracefulShutdownReleasesTheLease() async throws {
+        let fixture = try await Fixture.start(rules: try Self.checkedInRules())
+        try await Self.seedApplication(fixture.admin)
+        let client = try fixture.controllerClient()
+        let manager = ControllerManager(client: client, options: Self.options(identity: "replica-a"))
+        try await testGracefulShutdown { trigger in
+            let run = Task { await manager.run() }
+            try await eventually { manager.elector?.isLeader == true }
+            trigger.triggerGracefulShutdown()
+            await run.value
+        }
+        #expect(manager.elector?.isLeader == false)
+        let lease = try await fixture.admin.get(Lease.self, name: "apus-controller", namespace: "apus")
+        #expect(lease.spec?.holderIdentity == nil)
+        try await client.shutdown()
         try await fixture.shutdown()
     }
 

@@ -1,6 +1,7 @@
 import ApusCore
 import KubernetesClient
 import Logging
+import ServiceLifecycle
 
 /// The controller-manager: the shared informer caches every control-plane component reads, leader election,
 /// and the Event recorder.
@@ -17,7 +18,7 @@ import Logging
 ///
 /// Caches run on every replica so a standby that wins the lease starts with warm state; components that write
 /// (status, reconcilers) are leader-only. Each informer is the single owner of its cache.
-public final class ControllerManager: Sendable {
+public final class ControllerManager: ServiceLifecycle.Service {
     /// Work that may only run on the elected leader; cancelled when leadership is lost.
     public typealias LeaderComponent = @Sendable (ControllerManager) async -> Void
 
@@ -25,7 +26,7 @@ public final class ControllerManager: Sendable {
     public let client: KubernetesClient
     public let events: EventRecorder
     public let pods: Informer<Pod>
-    public let services: Informer<Service>
+    public let services: Informer<ApusCore.Service>
     public let endpointSlices: Informer<EndpointSlice>
     public let namespaces: Informer<Namespace>
     public let serviceProfiles: Informer<ServiceProfile>
@@ -44,7 +45,7 @@ public final class ControllerManager: Sendable {
         self.logger = logger
         self.events = EventRecorder(client: client, component: "apus-controller", host: options.identity)
         self.pods = Informer(client: client, Pod.self, resyncPeriod: options.resyncPeriod)
-        self.services = Informer(client: client, Service.self, resyncPeriod: options.resyncPeriod)
+        self.services = Informer(client: client, ApusCore.Service.self, resyncPeriod: options.resyncPeriod)
         self.endpointSlices = Informer(
             client: client, EndpointSlice.self, resyncPeriod: options.resyncPeriod,
             indexers: [.label(EndpointSlice.serviceNameLabel)])
@@ -68,7 +69,7 @@ public final class ControllerManager: Sendable {
         let watch = ["list", "watch"]
         var rules: [PermissionRule] = [
             PermissionRule(Pod.resourceType, verbs: watch, scope: .cluster),
-            PermissionRule(Service.resourceType, verbs: watch, scope: .cluster),
+            PermissionRule(ApusCore.Service.resourceType, verbs: watch, scope: .cluster),
             PermissionRule(EndpointSlice.resourceType, verbs: watch, scope: .cluster),
             PermissionRule(Namespace.resourceType, verbs: watch, scope: .cluster),
             PermissionRule(ServiceProfile.resourceType, verbs: watch, scope: .cluster),
@@ -93,9 +94,14 @@ public final class ControllerManager: Sendable {
         await httpRoutes.waitUntilSynced()
     }
 
-    /// Runs the caches and, on the leader, the leader-only components, until the calling task is cancelled.
-    /// On cancellation the lease is released so a standby takes over without waiting for it to expire.
+    /// Runs the caches and, on the leader, the leader-only components, until the service group shuts down
+    /// gracefully (SIGTERM) or the calling task is cancelled. Either way the lease is released on the way out so
+    /// a standby takes over without waiting for it to expire.
     public func run() async {
+        await cancelWhenGracefulShutdown { await self.runUntilCancelled() }
+    }
+
+    private func runUntilCancelled() async {
         await withDiscardingTaskGroup { group in
             group.addTask { await self.pods.run() }
             group.addTask { await self.services.run() }
