@@ -26,7 +26,8 @@ struct StoredEvent: Sendable {
     var resource: StorageKey
     var type: WatchEventType
     var object: JSONValue
-    /// The object before a modification, so a selector watch can turn "stopped matching" into DELETED.
+    /// The stored object before a modification or deletion: a selector watch turns "stopped matching" into
+    /// DELETED with it, and paginated lists roll changes back with it to serve their first page's snapshot.
     var previous: JSONValue?
 }
 
@@ -140,7 +141,8 @@ struct ServerState: Sendable {
             listRevision = token.revision
             startAfter = token.startAfter
         }
-        let all = objects[resource.storageKey] ?? [:]
+        var all = objects[resource.storageKey] ?? [:]
+        if listRevision < revision { all = snapshot(resource.storageKey, of: all, at: listRevision) }
         var keys = all.keys.filter { namespace == nil || $0.namespace == namespace }.sorted()
         if let startAfter { keys = keys.filter { $0.description > startAfter } }
         var items: [JSONValue] = []
@@ -165,6 +167,28 @@ struct ServerState: Sendable {
             "metadata": .object(metadata),
             "items": .array(items),
         ])
+    }
+
+    /// The objects of one resource as they were at `revision`, rebuilt by undoing the logged changes after it,
+    /// so every page of a paginated list shows the first page's snapshot as etcd does. Callers check that
+    /// `revision` is not compacted, so every change after it is still in the log.
+    private func snapshot(
+        _ storageKey: StorageKey, of current: [ObjectKey: JSONValue], at revision: Int64
+    ) -> [ObjectKey: JSONValue] {
+        var objects = current
+        for event in events.reversed() {
+            guard event.revision > revision else { break }
+            guard event.resource == storageKey else { continue }
+            let key = ObjectKey(
+                namespace: event.object[meta: "namespace"]?.stringValue,
+                name: event.object[meta: "name"]?.stringValue ?? "")
+            switch event.type {
+            case .added: objects[key] = nil
+            case .modified, .deleted: objects[key] = event.previous
+            case .bookmark, .error: break
+            }
+        }
+        return objects
     }
 
     // MARK: - Writes
@@ -537,7 +561,10 @@ struct ServerState: Sendable {
         let finalizers = object[meta: "finalizers"]?.arrayValue ?? []
         if object[meta: "deletionTimestamp"] != nil, finalizers.isEmpty {
             objects[resource.storageKey]?[key] = nil
-            record(StoredEvent(revision: revision, resource: resource.storageKey, type: .deleted, object: object))
+            record(
+                StoredEvent(
+                    revision: revision, resource: resource.storageKey, type: .deleted, object: object,
+                    previous: existing))
         } else {
             objects[resource.storageKey, default: [:]][key] = object
             record(
@@ -573,7 +600,10 @@ struct ServerState: Sendable {
         let revision = nextRevision()
         object[meta: "resourceVersion"] = .string(String(revision))
         objects[resource.storageKey]?[key] = nil
-        record(StoredEvent(revision: revision, resource: resource.storageKey, type: .deleted, object: object))
+        record(
+            StoredEvent(
+                revision: revision, resource: resource.storageKey, type: .deleted, object: object,
+                previous: existing))
         return (stamp(object, resource), true)
     }
 

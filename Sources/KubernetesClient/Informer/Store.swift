@@ -224,7 +224,7 @@ public struct StoreWriter<R: KubernetesResource>: Sendable {
                 state.staging?[object.objectKey] = object
                 return []
             case .initDone:
-                let fresh = state.staging ?? [:]
+                var fresh = state.staging ?? [:]
                 state.staging = nil
                 var changes: [InformerEvent<R>] = []
                 changes.reserveCapacity(fresh.count)
@@ -234,6 +234,10 @@ public struct StoreWriter<R: KubernetesResource>: Sendable {
                             || object.metadata.resourceVersion == nil
                         {
                             changes.append(.updated(old: old, new: object))
+                        } else {
+                            // Same version, so no event: keep the copy handlers were given (list items may
+                            // lack apiVersion/kind), or the next update's `old` would be one they never saw.
+                            fresh[key] = old
                         }
                     } else {
                         changes.append(.added(object))
