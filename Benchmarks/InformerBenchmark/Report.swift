@@ -1,0 +1,298 @@
+import Foundation
+
+/// Every figure of one run; printed as a table or, with `--json`, as one JSON object.
+struct Report: Encodable {
+    struct Machine: Encodable {
+        var cores = ProcessInfo.processInfo.activeProcessorCount
+        var cpu = Report.cpuModel()
+        var os = ProcessInfo.processInfo.operatingSystemVersionString
+        var swift = Report.swiftVersion()
+        var build = Report.buildMode
+        /// 1-minute load average when the run started: other work on the machine skews every figure.
+        var loadAverage = Report.loadAverage()
+    }
+
+    struct Workload: Encodable {
+        var pods: Int
+        var eventsPerPhase: Int
+        var transport: String
+        var namespaces = PodFactory.namespaceCount
+        var averagePodJSONBytes = 0
+        var seedSeconds = 0.0
+        var serverPid = 0
+    }
+
+    struct Sync: Encodable {
+        var pageSize = 0
+        /// From `run()` until the store reported synced (all pages listed and swapped in).
+        var storeSyncedSeconds = 0.0
+        /// From `run()` until the handler had seen every `.added`.
+        var allAddsHandledSeconds = 0.0
+        /// Average cores this process kept busy meanwhile (CPU time / wall time).
+        var clientCores = 0.0
+        var objectsPerSecond = 0.0
+    }
+
+    struct Replay: Encodable {
+        var events = 0
+        /// Between the first and the last event at the handler.
+        var eventsPerSecond = 0.0
+        var clientCores = 0.0
+        var serverWriteSeconds = 0.0
+        var overlappedWithWrites = false
+    }
+
+    struct Live: Encodable {
+        var events = 0
+        var eventsPerSecond = 0.0
+        var clientCores = 0.0
+        /// From sending the write command until the last event reached the handler.
+        var endToEndSeconds = 0.0
+        var serverWriteSeconds = 0.0
+    }
+
+    struct Watch: Encodable {
+        var replay = Replay()
+        var live = Live()
+        /// Failures the watcher recovered from (one is expected: the replay drops the watch on purpose).
+        var recoveredWatcherErrors = 0
+    }
+
+    struct Transfer: Encodable {
+        var events = 0
+        var bytes = 0
+        var eventsPerSecond = 0.0
+        var bytesPerSecond = 0.0
+    }
+
+    struct Decode: Encodable {
+        var events = 0
+        var eventsPerSecond = 0.0
+    }
+
+    struct BaselineFigures: Encodable {
+        var transfer = Transfer()
+        var decode = Decode()
+        var clientDecoder = Decode()
+        var storeApply = Decode()
+        /// The full paginated list fetched by AsyncHTTPClient without decoding (`events` counts objects).
+        var listTransfer = Transfer()
+        /// The list pages decoded into `[Pod]` by `JSONDecoder` alone.
+        var listDecode = Decode()
+    }
+
+    /// The informer's replay rate as a fraction of each floor.
+    struct Ratios: Encodable {
+        var syncOfListTransfer = 0.0
+        var syncOfListDecode = 0.0
+        var ofTransfer = 0.0
+        var ofFoundationDecode = 0.0
+        var ofClientDecoder = 0.0
+    }
+
+    struct MemoryFigures: Encodable {
+        var start = 0
+        var emptyStore = 0
+        var emptyStoreTrimmed = 0
+        var synced = 0
+        var syncedTrimmed = 0
+        var afterEvents = 0
+        var afterEventsTrimmed = 0
+        var bytesPerPod = 0.0
+        var bytesPerPodTrimmed = 0.0
+        var serverChildAfterSeed = 0
+        var serverChildAfterEvents: Int?
+    }
+
+    var machine = Machine()
+    var workload: Workload
+    var sync = Sync()
+    var watch = Watch()
+    var baselines = BaselineFigures()
+    var ratios = Ratios()
+    var memory = MemoryFigures()
+
+    init(options: BenchmarkOptions) {
+        workload = Workload(
+            pods: options.pods, eventsPerPhase: options.events, transport: options.tls ? "HTTPS" : "HTTP")
+    }
+
+    /// Fills the figures derived from the measured ones.
+    mutating func derive() {
+        let pods = Double(workload.pods)
+        if sync.allAddsHandledSeconds > 0 { sync.objectsPerSecond = pods / sync.allAddsHandledSeconds }
+        memory.bytesPerPod = Double(memory.synced - memory.emptyStore) / pods
+        memory.bytesPerPodTrimmed = Double(memory.syncedTrimmed - memory.emptyStoreTrimmed) / pods
+        let rate = watch.replay.eventsPerSecond
+        func fraction(_ floor: Double) -> Double { floor > 0 ? rate / floor : 0 }
+        func syncFraction(_ floor: Double) -> Double { floor > 0 ? sync.objectsPerSecond / floor : 0 }
+        ratios = Ratios(
+            syncOfListTransfer: syncFraction(baselines.listTransfer.eventsPerSecond),
+            syncOfListDecode: syncFraction(baselines.listDecode.eventsPerSecond),
+            ofTransfer: fraction(baselines.transfer.eventsPerSecond),
+            ofFoundationDecode: fraction(baselines.decode.eventsPerSecond),
+            ofClientDecoder: fraction(baselines.clientDecoder.eventsPerSecond))
+    }
+
+    func json() throws -> String {
+        var report = self
+        report.derive()
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try encoder.encode(report), as: UTF8.self)
+    }
+
+    func table() -> String {
+        var report = self
+        report.derive()
+        return report.render()
+    }
+
+    private func render() -> String {
+        var out: [String] = []
+        func line(_ label: String, _ value: String, _ note: String = "") {
+            let padded = label.padding(toLength: 48, withPad: " ", startingAt: 0)
+            let valuePadded = value.leftPadded(to: 16, with: " ")
+            out.append(("  " + padded + valuePadded + (note.isEmpty ? "" : "   " + note)))
+        }
+        let w = workload
+        out.append("Apus informer benchmark — Informer<Pod> through the API test server (server in a child process)")
+        out.append("  machine   \(machine.cores) cores, \(machine.cpu), \(machine.os)")
+        out.append("  toolchain \(machine.swift), \(machine.build) build")
+        out.append("  load      \(machine.loadAverage) (1-min load average at start; other work skews the figures)")
+        out.append(
+            "  workload  \(w.pods) Pods in \(w.namespaces) namespaces, avg \(w.averagePodJSONBytes) B of JSON each; "
+                + "\(w.eventsPerPhase) updates per watch phase; \(w.transport)")
+        out.append("")
+        out.append("1. Initial list + sync (all namespaces, page size \(sync.pageSize))")
+        line("store synced (list pages applied)", Self.seconds(sync.storeSyncedSeconds))
+        line("all \(w.pods) adds delivered to the handler", Self.seconds(sync.allAddsHandledSeconds))
+        line("list+sync throughput", Self.rate(sync.objectsPerSecond, "objects/s"), Self.cores(sync.clientCores))
+        line(
+            "baseline: list transfer only (AHC, no decode)",
+            Self.rate(baselines.listTransfer.eventsPerSecond, "objects/s"),
+            Self.mebibytes(baselines.listTransfer.bytesPerSecond) + "/s")
+        line("baseline: list JSONDecoder only (no I/O)", Self.rate(baselines.listDecode.eventsPerSecond, "objects/s"))
+        line("list+sync / list transfer floor", Self.percent(ratios.syncOfListTransfer))
+        line("list+sync / list JSONDecoder floor", Self.percent(ratios.syncOfListDecode))
+        out.append("")
+        out.append("2. Watch events decoded + applied to the store + delivered to the handler")
+        line(
+            "informer, replayed batch", Self.rate(watch.replay.eventsPerSecond, "events/s"),
+            Self.cores(watch.replay.clientCores)
+                + (watch.replay.overlappedWithWrites ? "; warning: batch partly live (see README)" : ""))
+        line(
+            "informer, live writer in the server", Self.rate(watch.live.eventsPerSecond, "events/s"),
+            Self.cores(watch.live.clientCores) + "; server wrote "
+                + Self.rate(Double(watch.live.events) / max(watch.live.serverWriteSeconds, 1e-9), "/s"))
+        line(
+            "baseline: transfer only (AHC, counts lines)", Self.rate(baselines.transfer.eventsPerSecond, "events/s"),
+            Self.mebibytes(baselines.transfer.bytesPerSecond) + "/s")
+        line("baseline: JSONDecoder only (no I/O)", Self.rate(baselines.decode.eventsPerSecond, "events/s"))
+        line(
+            "reference: WatchEventDecoder only (no I/O)", Self.rate(baselines.clientDecoder.eventsPerSecond, "events/s")
+        )
+        line("reference: StoreWriter.apply only (decoded)", Self.rate(baselines.storeApply.eventsPerSecond, "events/s"))
+        line("informer replay / transfer floor", Self.percent(ratios.ofTransfer))
+        line("informer replay / JSONDecoder floor", Self.percent(ratios.ofFoundationDecode))
+        line("informer replay / WatchEventDecoder", Self.percent(ratios.ofClientDecoder))
+        out.append("")
+        out.append("3. Client process memory (VmRSS; the server's copy lives in the child, pid \(w.serverPid))")
+        line("at start", Self.mebibytes(Double(memory.start)))
+        line(
+            "empty store synced (after malloc_trim)", Self.mebibytes(Double(memory.emptyStore)),
+            "(" + Self.mebibytes(Double(memory.emptyStoreTrimmed)) + ")")
+        line(
+            "\(w.pods) Pods synced (after malloc_trim)", Self.mebibytes(Double(memory.synced)),
+            "(" + Self.mebibytes(Double(memory.syncedTrimmed)) + ")")
+        line(
+            "store cost per Pod (after malloc_trim)", String(format: "%.0f B/Pod", memory.bytesPerPod),
+            String(format: "(%.0f B/Pod)", memory.bytesPerPodTrimmed))
+        line(
+            "after \(2 * w.eventsPerPhase) updates (after malloc_trim)", Self.mebibytes(Double(memory.afterEvents)),
+            "(" + Self.mebibytes(Double(memory.afterEventsTrimmed)) + ")")
+        line(
+            "server child RSS after seeding / at end", Self.mebibytes(Double(memory.serverChildAfterSeed)),
+            memory.serverChildAfterEvents.map { "/ " + Self.mebibytes(Double($0)) + " (not in the figures above)" }
+                ?? "")
+        return out.joined(separator: "\n")
+    }
+
+    // MARK: - Formatting
+
+    static func seconds(_ value: Double) -> String { String(format: "%.3f s", value) }
+
+    static func rate(_ value: Double, _ unit: String) -> String {
+        grouped(Int(value.rounded())) + " " + unit
+    }
+
+    static func cores(_ value: Double) -> String { String(format: "client CPU %.2f cores", value) }
+
+    static func percent(_ value: Double) -> String { String(format: "%.0f %%", value * 100) }
+
+    static func mebibytes(_ bytes: Double) -> String { String(format: "%.1f MiB", bytes / 1_048_576) }
+
+    static func grouped(_ value: Int) -> String {
+        let digits = Array(String(abs(value)))
+        var out = ""
+        for (offset, digit) in digits.enumerated() {
+            if offset > 0, (digits.count - offset) % 3 == 0 { out.append(",") }
+            out.append(digit)
+        }
+        return (value < 0 ? "-" : "") + out
+    }
+
+    // MARK: - Environment
+
+    #if DEBUG
+        static let buildMode = "debug"
+    #else
+        static let buildMode = "release"
+    #endif
+
+    static func loadAverage() -> String {
+        let text = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? ""
+        return text.split(separator: " ").first.map(String.init) ?? "unknown"
+    }
+
+    static func cpuModel() -> String {
+        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown CPU" }
+        for line in info.split(separator: "\n") where line.hasPrefix("model name") {
+            if let colon = line.firstIndex(of: ":") {
+                return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            }
+        }
+        return "unknown CPU"
+    }
+
+    /// The toolchain on PATH (`swift --version`), which `swift run` used to build this binary; falls back to the
+    /// compiler version this binary was built with when no toolchain is on PATH.
+    static func swiftVersion() -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["swift", "--version"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        if (try? process.run()) != nil {
+            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            if process.terminationStatus == 0,
+                let first = String(decoding: data, as: UTF8.self).split(separator: "\n").first(where: {
+                    $0.contains("Swift version")
+                })
+            {
+                return first.trimmingCharacters(in: .whitespaces)
+            }
+        }
+        #if compiler(>=6.3)
+            return "Swift compiler >= 6.3"
+        #elseif compiler(>=6.2)
+            return "Swift compiler 6.2"
+        #elseif compiler(>=6.1)
+            return "Swift compiler 6.1"
+        #else
+            return "Swift compiler 6.0"
+        #endif
+    }
+}
