@@ -10,8 +10,8 @@ BUILD_LOG := .build/last-build.log
 build:
 	$(SWIFT) build $(SWIFT_BUILD_FLAGS)
 
-## test: build with the warning gate, run all Swift tests, then the offline manifest checks.
-test: check-warnings test-swift manifests-check
+## test: formatting check, build with the warning gate, all Swift tests, then the offline manifest checks.
+test: fmt-check check-warnings test-swift manifests-check
 
 ## check-warnings: build all targets and tests; fail if our own sources produce any compiler warning.
 check-warnings:

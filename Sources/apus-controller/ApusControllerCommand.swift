@@ -46,7 +46,8 @@ struct ApusControllerCommand: AsyncParsableCommand {
             leaseDurationSeconds > renewDeadlineSeconds
         else {
             throw ValidationError(
-                "leader election needs 0 < --retry-period-seconds < --renew-deadline-seconds < --lease-duration-seconds")
+                "leader election needs 0 < --retry-period-seconds < --renew-deadline-seconds < --lease-duration-seconds"
+            )
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")

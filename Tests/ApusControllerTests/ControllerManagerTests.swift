@@ -75,7 +75,8 @@ import Testing
         _ = try await admin.create(service, namespace: "shop")
         let slice = EndpointSlice(
             metadata: ObjectMeta(name: "web-abc12", namespace: "shop", labels: [EndpointSlice.serviceNameLabel: "web"]),
-            endpoints: [EndpointSlice.Endpoint(addresses: ["10.0.0.1"])], ports: [EndpointSlice.Port(name: "http", port: 80)])
+            endpoints: [EndpointSlice.Endpoint(addresses: ["10.0.0.1"])],
+            ports: [EndpointSlice.Port(name: "http", port: 80)])
         _ = try await admin.create(slice, namespace: "shop")
         let profile = try JSONValue(
             json: Data(
@@ -116,26 +117,32 @@ import Testing
             #expect(manager.services.store.count == 1)
             #expect(manager.namespaces.store.count == 2)  // apus and shop
             #expect(manager.endpointSlices.store.count == 1)
-            #expect(try manager.endpointSlices.store.byIndex(
-                name: Store<EndpointSlice>.labelIndexName(EndpointSlice.serviceNameLabel), value: "web").count == 1)
+            #expect(
+                try manager.endpointSlices.store.byIndex(
+                    name: Store<EndpointSlice>.labelIndexName(EndpointSlice.serviceNameLabel), value: "web"
+                ).count == 1)
             #expect(manager.serviceProfiles.store.get(ObjectKey("shop/web.shop.svc.cluster.local")) != nil)
             #expect(manager.httpRoutes.store.get(ObjectKey("shop/web")) != nil)
         }
         // Changes reach both caches.
         _ = try await fixture.admin.create(
-            Pod(metadata: ObjectMeta(name: "web-3", namespace: "shop"), spec: PodSpec(containers: [Container(name: "w")])),
+            Pod(
+                metadata: ObjectMeta(name: "web-3", namespace: "shop"),
+                spec: PodSpec(containers: [Container(name: "w")])),
             namespace: "shop")
         try await eventually { managerA.pods.store.count == 4 && managerB.pods.store.count == 4 }
 
         // One leader; the standby takes over as soon as the leader shuts down and releases the lease.
         #expect(managerB.elector?.isLeader == false)
-        #expect(try await fixture.admin.get(Lease.self, name: "apus-controller", namespace: "apus").spec?
-            .holderIdentity == "replica-a")
+        #expect(
+            try await fixture.admin.get(Lease.self, name: "apus-controller", namespace: "apus").spec?
+                .holderIdentity == "replica-a")
         runA.cancel()
         await runA.value
         try await eventually(timeout: .seconds(3)) { managerB.elector?.isLeader == true }
-        #expect(try await fixture.admin.get(Lease.self, name: "apus-controller", namespace: "apus").spec?
-            .holderIdentity == "replica-b")
+        #expect(
+            try await fixture.admin.get(Lease.self, name: "apus-controller", namespace: "apus").spec?
+                .holderIdentity == "replica-b")
 
         // Each new leader says so in an Event on the Lease.
         try await eventually {

@@ -25,7 +25,8 @@ struct UnitWatchDecoderTests {
 
     @Test func decodesSeveralEventsInOneChunk() {
         var decoder = WatchEventDecoder<ConfigMap>()
-        let chunk = Self.line("ADDED", name: "a", rv: "1") + Self.line("MODIFIED", name: "a", rv: "2")
+        let chunk =
+            Self.line("ADDED", name: "a", rv: "1") + Self.line("MODIFIED", name: "a", rv: "2")
             + Self.line("DELETED", name: "a", rv: "3")
         let outputs = decoder.decode(Array(chunk.utf8))
         #expect(Self.names(outputs) == ["ADDED a", "MODIFIED a", "DELETED a"])
@@ -38,7 +39,8 @@ struct UnitWatchDecoderTests {
     }
 
     @Test func reassemblesEventsSplitAtEveryByte() {
-        let stream = Self.line("ADDED", name: "a", rv: "1", data: #"{"k":"v\n with newline escape"}"#)
+        let stream =
+            Self.line("ADDED", name: "a", rv: "1", data: #"{"k":"v\n with newline escape"}"#)
             + Self.line("ADDED", name: "b", rv: "2")
         let bytes = Array(stream.utf8)
         var decoder = WatchEventDecoder<ConfigMap>()
@@ -121,7 +123,8 @@ struct UnitWatchDecoderTests {
 
     @Test func errorEventWith410BecomesGone() throws {
         var decoder = WatchEventDecoder<ConfigMap>()
-        let line = #"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","status":"Failure","#
+        let line =
+            #"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","status":"Failure","#
             + #""message":"too old resource version: 5 (100)","reason":"Expired","code":410}}"# + "\n"
         let outputs = decoder.decode(Array(line.utf8))
         guard case .success(.error(let error)) = outputs.first else { throw FailureExpected() }

@@ -12,9 +12,10 @@ struct CRDTests {
 
     @Test("the expected CRDs exist")
     func expectedCRDs() {
-        #expect(crds.map(\.name).sorted() == [
-            "httproutes.gateway.networking.k8s.io", "serviceprofiles.linkerd.io",
-        ])
+        #expect(
+            crds.map(\.name).sorted() == [
+                "httproutes.gateway.networking.k8s.io", "serviceprofiles.linkerd.io",
+            ])
     }
 
     @Test("every version's schema is structural and uses only validated keywords")
@@ -64,14 +65,16 @@ struct CRDTests {
                 #expect(version.definition.value(at: "subresources", "status") == .object([:]), "\(crd)")
                 let status = try #require(
                     version.schema?.value(at: "properties", "status"), "\(crd) \(version.name) has no status schema")
-                let conditions = crd.group == "linkerd.io"
+                let conditions =
+                    crd.group == "linkerd.io"
                     ? status.value(at: "properties", "conditions", "items")
                     : status.value(at: "properties", "parents", "items", "properties", "conditions", "items")
                 let condition = try #require(conditions, "\(crd) \(version.name): no conditions in status")
                 let required = Set(condition["required"]?.arrayValue?.compactMap(\.stringValue) ?? [])
                 #expect(required == ["type", "status", "reason", "message", "lastTransitionTime"], "\(crd)")
-                #expect(condition.value(at: "properties", "status", "enum")
-                    == .array([.string("True"), .string("False"), .string("Unknown")]), "\(crd)")
+                #expect(
+                    condition.value(at: "properties", "status", "enum")
+                        == .array([.string("True"), .string("False"), .string("Unknown")]), "\(crd)")
                 #expect(condition.value(at: "properties", "lastTransitionTime", "format") == .string("date-time"))
             }
         }
@@ -84,8 +87,9 @@ struct CRDTests {
                 let schema = try #require(version.schema)
                 for column in version.definition["additionalPrinterColumns"]?.arrayValue ?? [] {
                     let jsonPath = column["jsonPath"]?.stringValue ?? ""
-                    #expect(Self.schemaNode(schema, jsonPath: jsonPath) != nil,
-                            "\(crd) \(version.name): printer column \(jsonPath) names no field of the schema")
+                    #expect(
+                        Self.schemaNode(schema, jsonPath: jsonPath) != nil,
+                        "\(crd) \(version.name): printer column \(jsonPath) names no field of the schema")
                 }
             }
         }

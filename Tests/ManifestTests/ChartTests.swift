@@ -25,8 +25,9 @@ struct ChartTests {
             at: Repository.url("charts/apus-crds/templates"), includingPropertiesForKeys: nil)
         let text = try templates.map { try Repository.text(of: $0) }.joined(separator: "\n")
         for copy in try Repository.yamlFiles(in: Self.chartCRDs) {
-            #expect(text.contains("files/crds/\(copy.lastPathComponent)"),
-                    "no template renders \(copy.lastPathComponent)")
+            #expect(
+                text.contains("files/crds/\(copy.lastPathComponent)"),
+                "no template renders \(copy.lastPathComponent)")
         }
         #expect(text.contains("helm.sh/resource-policy"), "CRDs must be kept on uninstall")
     }

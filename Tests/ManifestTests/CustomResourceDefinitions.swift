@@ -43,7 +43,7 @@ struct CRDFile: CustomStringConvertible {
         try Repository.crdFiles().map { url in
             let documents = try YAMLDocuments.load(url)
             guard documents.count == 1, let object = documents.first,
-                  object["kind"]?.stringValue == "CustomResourceDefinition"
+                object["kind"]?.stringValue == "CustomResourceDefinition"
             else {
                 throw ManifestError.unexpectedShape(
                     path: Repository.relativePath(of: url),

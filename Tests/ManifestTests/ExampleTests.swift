@@ -44,8 +44,9 @@ struct ExampleTests {
         }
     }
 
-    @Test("every file in examples/invalid is rejected at the field its expect-error line names",
-          arguments: try Repository.yamlFiles(in: "examples/invalid").map(\.lastPathComponent))
+    @Test(
+        "every file in examples/invalid is rejected at the field its expect-error line names",
+        arguments: try Repository.yamlFiles(in: "examples/invalid").map(\.lastPathComponent))
     func invalidExamplesFail(file: String) throws {
         let url = Repository.url("examples/invalid/\(file)")
         let expected = try Repository.text(of: url)

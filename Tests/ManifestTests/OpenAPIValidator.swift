@@ -5,7 +5,9 @@ import Foundation
 /// (`spec.routes[0].timeout`) and the rule that failed.
 struct SchemaViolation: Hashable, CustomStringConvertible {
     enum Rule: String, Sendable {
-        case type, required, unknownField, enumeration = "enum", pattern, minimum, maximum
+        case type, required, unknownField
+        case enumeration = "enum"
+        case pattern, minimum, maximum
         case minLength, maxLength, minItems, maxItems, minProperties, maxProperties, format
         case duplicateKey, duplicateItem
         /// The schema itself is unusable at this point (e.g. a pattern that does not compile).
@@ -139,13 +141,15 @@ struct OpenAPIValidator {
         case .number(let number):
             let exclusiveMinimum = schema["exclusiveMinimum"]?.boolValue == true
             if let minimum = schema["minimum"]?.doubleValue,
-               exclusiveMinimum ? number <= minimum : number < minimum {
+                exclusiveMinimum ? number <= minimum : number < minimum
+            {
                 let bound = "\(exclusiveMinimum ? "or equal to " : "")\(JSONValue.number(minimum))"
                 fail(.minimum, "\(value) is less than \(bound)")
             }
             let exclusiveMaximum = schema["exclusiveMaximum"]?.boolValue == true
             if let maximum = schema["maximum"]?.doubleValue,
-               exclusiveMaximum ? number >= maximum : number > maximum {
+                exclusiveMaximum ? number >= maximum : number > maximum
+            {
                 let bound = "\(exclusiveMaximum ? "or equal to " : "")\(JSONValue.number(maximum))"
                 fail(.maximum, "\(value) is greater than \(bound)")
             }
@@ -207,8 +211,9 @@ struct OpenAPIValidator {
         case "set":
             var seen: Set<JSONValue> = []
             for (index, item) in items.enumerated() where !seen.insert(item).inserted {
-                violations.append(SchemaViolation(
-                    path: "\(path)[\(index)]", rule: .duplicateItem, detail: "duplicate entry \(item)"))
+                violations.append(
+                    SchemaViolation(
+                        path: "\(path)[\(index)]", rule: .duplicateItem, detail: "duplicate entry \(item)"))
             }
         case "map":
             let keys = schema["x-kubernetes-list-map-keys"]?.arrayValue?.compactMap(\.stringValue) ?? []
@@ -216,9 +221,11 @@ struct OpenAPIValidator {
             for (index, item) in items.enumerated() {
                 let identity = keys.map { item[$0] ?? .null }
                 if !seen.insert(identity).inserted {
-                    violations.append(SchemaViolation(
-                        path: "\(path)[\(index)]", rule: .duplicateKey,
-                        detail: "duplicate entry for key \(keys.joined(separator: ","))=\(JSONValue.array(identity))"))
+                    violations.append(
+                        SchemaViolation(
+                            path: "\(path)[\(index)]", rule: .duplicateKey,
+                            detail:
+                                "duplicate entry for key \(keys.joined(separator: ","))=\(JSONValue.array(identity))"))
                 }
             }
         default:
@@ -239,7 +246,8 @@ extension JSONValue {
     /// distinguish 3 from 3.0.
     var integerValue: Int64? {
         guard case .number(let number) = self, number.isFinite, number.rounded(.towardZero) == number,
-              abs(number) < 9.2e18 else { return nil }
+            abs(number) < 9.2e18
+        else { return nil }
         return Int64(number)
     }
 

@@ -80,10 +80,12 @@ struct OpenAPIValidatorTests {
 
     @Test("preserve-unknown-fields and additionalProperties accept extra keys; list types reject duplicates")
     func openObjectsAndLists() throws {
-        #expect(try violations("{a: 1, b: {c: 2}}", "{type: object, x-kubernetes-preserve-unknown-fields: true}")
-            .isEmpty)
-        #expect(try violations("{a: 1, b: x}", "{type: object, additionalProperties: {type: integer}}")
-            == ["b (type)"])
+        #expect(
+            try violations("{a: 1, b: {c: 2}}", "{type: object, x-kubernetes-preserve-unknown-fields: true}")
+                .isEmpty)
+        #expect(
+            try violations("{a: 1, b: x}", "{type: object, additionalProperties: {type: integer}}")
+                == ["b (type)"])
         let map = """
             type: array
             x-kubernetes-list-type: map
@@ -99,10 +101,14 @@ struct OpenAPIValidatorTests {
     func resourceMetadata() throws {
         let schema = try yaml("{type: object, properties: {apiVersion: {type: string}, metadata: {type: object}}}")
         let validator = OpenAPIValidator()
-        #expect(validator.validateResource(try yaml("{apiVersion: v1, metadata: {name: a, labels: {x: y}}}"),
-                                           against: schema).isEmpty)
-        #expect(validator.validateResource(try yaml("{apiVersion: v1, metadata: {labels: {x: y}}}"), against: schema)
-            .map(\.key) == ["metadata.name (required)"])
+        #expect(
+            validator.validateResource(
+                try yaml("{apiVersion: v1, metadata: {name: a, labels: {x: y}}}"),
+                against: schema
+            ).isEmpty)
+        #expect(
+            validator.validateResource(try yaml("{apiVersion: v1, metadata: {labels: {x: y}}}"), against: schema)
+                .map(\.key) == ["metadata.name (required)"])
     }
 
     @Test("YAML parsing keeps timestamps as strings, follows YAML 1.1 booleans and rejects duplicate keys")
@@ -125,28 +131,38 @@ struct OpenAPIValidatorTests {
         #expect(try problems("{type: object, properties: {a: {$ref: '#/x', type: string}}}").count == 1)
         #expect(try problems("{type: object, properties: {a: {type: array}}}").count == 1)
         #expect(try problems("{type: object, properties: {a: {nullable: true}}}").count == 2)
-        #expect(try problems("""
-            {type: object, properties: {a: {type: object, properties: {b: {type: string}},
-             additionalProperties: {type: string}}}}
-            """).count == 1)
+        #expect(
+            try problems(
+                """
+                {type: object, properties: {a: {type: object, properties: {b: {type: string}},
+                 additionalProperties: {type: string}}}}
+                """
+            ).count == 1)
         #expect(try problems("{type: object, properties: {a: {anyOf: [{type: string}], type: string}}}").count == 1)
         #expect(try problems("{type: object, properties: {a: {type: string, default: 3}}}").count == 1)
         #expect(try problems("{type: object, properties: {a: {type: string, enum: [x, 1]}}}").count == 1)
         #expect(try problems("{type: object, properties: {a: {type: string, format: uuid}}}").count == 1)
         #expect(try problems("{type: object, required: [b], properties: {a: {type: string}}}").count == 1)
-        #expect(try problems("""
-            {type: object, properties: {metadata: {type: object, properties: {labels: {type: object}}}}}
-            """).count == 1)
-        #expect(try problems("""
-            {type: object, properties: {l: {type: array, x-kubernetes-list-type: map,
-             x-kubernetes-list-map-keys: [k], items: {type: object, properties: {k: {type: string}}}}}}
-            """).count == 1)
+        #expect(
+            try problems(
+                """
+                {type: object, properties: {metadata: {type: object, properties: {labels: {type: object}}}}}
+                """
+            ).count == 1)
+        #expect(
+            try problems(
+                """
+                {type: object, properties: {l: {type: array, x-kubernetes-list-type: map,
+                 x-kubernetes-list-map-keys: [k], items: {type: object, properties: {k: {type: string}}}}}}
+                """
+            ).count == 1)
         #expect(try problems("{type: object, properties: {a: {type: integer, pattern: x}}}").count == 1)
     }
 
     @Test("printer column JSONPaths resolve through lists and filters")
     func printerColumnPaths() throws {
-        let schema = try yaml("""
+        let schema = try yaml(
+            """
             type: object
             properties:
               status:

@@ -64,8 +64,10 @@ struct RBACTests {
                 for group in rule["apiGroups"]?.arrayValue?.compactMap(\.stringValue) ?? [] {
                     for resource in rule["resources"]?.arrayValue?.compactMap(\.stringValue) ?? [] {
                         for verb in rule["verbs"]?.arrayValue?.compactMap(\.stringValue) ?? [] {
-                            grants.append(Grant(
-                                apiGroup: group, resource: resource, verb: verb, scope: scope, resourceNames: names))
+                            grants.append(
+                                Grant(
+                                    apiGroup: group, resource: resource, verb: verb, scope: scope, resourceNames: names)
+                            )
                         }
                     }
                 }
@@ -78,8 +80,9 @@ struct RBACTests {
         let data = try Data(contentsOf: Repository.url("config/rbac/permissions.json"))
         return try JSONDecoder().decode([PermissionEntry].self, from: data).flatMap { entry in
             entry.verbs.map {
-                Grant(apiGroup: entry.apiGroup, resource: entry.resource, verb: $0, scope: entry.scope,
-                      resourceNames: (entry.resourceNames ?? []).sorted())
+                Grant(
+                    apiGroup: entry.apiGroup, resource: entry.resource, verb: $0, scope: entry.scope,
+                    resourceNames: (entry.resourceNames ?? []).sorted())
             }
         }.sorted()
     }
@@ -131,7 +134,8 @@ struct RBACTests {
     func onlyStatusIsWritable() throws {
         let writes: Set<String> = ["update", "patch", "create", "delete", "deletecollection"]
         for grant in try grantsFromYAML() where writes.contains(grant.verb) {
-            let allowed = grant.resource.hasSuffix("/status")
+            let allowed =
+                grant.resource.hasSuffix("/status")
                 || ["events", "tokenreviews", "leases"].contains(grant.resource)
             #expect(allowed, "unexpected write permission: \(grant)")
         }

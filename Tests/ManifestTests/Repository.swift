@@ -33,9 +33,11 @@ enum Repository {
     /// `*.yaml` files anywhere below `directory`, sorted by path, skipping subdirectories named in `excluding`.
     static func yamlFilesRecursively(under directory: String, excluding excluded: Set<String> = []) throws -> [URL] {
         let base = url(directory)
-        guard let enumerator = FileManager.default.enumerator(
-            at: base, includingPropertiesForKeys: [.isDirectoryKey]
-        ) else {
+        guard
+            let enumerator = FileManager.default.enumerator(
+                at: base, includingPropertiesForKeys: [.isDirectoryKey]
+            )
+        else {
             throw ManifestError.unreadable(path: directory, reason: "cannot list the directory")
         }
         var files: [URL] = []

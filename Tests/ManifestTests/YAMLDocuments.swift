@@ -48,9 +48,10 @@ enum YAMLDocuments {
                 return .string(scalar.string)
             }
         case .sequence(let sequence):
-            return .array(try sequence.enumerated().map { index, element in
-                try convert(element, path: path, at: "\(location)[\(index)]")
-            })
+            return .array(
+                try sequence.enumerated().map { index, element in
+                    try convert(element, path: path, at: "\(location)[\(index)]")
+                })
         case .mapping(let mapping):
             var object: [String: JSONValue] = [:]
             for (keyNode, valueNode) in mapping {

@@ -31,7 +31,8 @@ public struct PermissionRule: Codable, Hashable, Sendable, CustomStringConvertib
     }
 
     /// A rule for a typed resource, so group and plural come from the same ``ResourceType`` the client uses.
-    public init(_ type: ResourceType, subresource: String? = nil, verbs: [String], scope: Scope, names: [String]? = nil) {
+    public init(_ type: ResourceType, subresource: String? = nil, verbs: [String], scope: Scope, names: [String]? = nil)
+    {
         self.init(
             apiGroup: type.group, resource: subresource.map { "\(type.plural)/\($0)" } ?? type.plural, verbs: verbs,
             scope: scope, resourceNames: names)

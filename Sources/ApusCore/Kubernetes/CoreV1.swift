@@ -313,7 +313,8 @@ public struct PodStatus: Codable, Hashable, Sendable {
 }
 
 public struct Pod: KubernetesResource, Hashable {
-    public static let resourceType = ResourceType(group: "", version: "v1", plural: "pods", kind: "Pod", namespaced: true)
+    public static let resourceType = ResourceType(
+        group: "", version: "v1", plural: "pods", kind: "Pod", namespaced: true)
 
     public var apiVersion: String? = "v1"
     public var kind: String? = "Pod"

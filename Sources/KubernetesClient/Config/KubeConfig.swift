@@ -127,7 +127,8 @@ public struct KubeConfig: Sendable, Hashable {
         var clusters: [String: Cluster] = [:]
         for (index, entry) in (file.clusters ?? []).enumerated() {
             guard let cluster = entry.cluster else {
-                throw KubeConfigError.invalidYAML(source, "cluster '\(entry.name)' has no 'cluster' map",
+                throw KubeConfigError.invalidYAML(
+                    source, "cluster '\(entry.name)' has no 'cluster' map",
                     fieldPath: "clusters[\(index)].cluster")
             }
             // kubectl keeps the first definition of a name within a file as well.
@@ -148,7 +149,8 @@ public struct KubeConfig: Sendable, Hashable {
         var contexts: [String: Context] = [:]
         for (index, entry) in (file.contexts ?? []).enumerated() where contexts[entry.name] == nil {
             guard let context = entry.context, let cluster = context.cluster else {
-                throw KubeConfigError.invalidYAML(source, "context '\(entry.name)' names no cluster",
+                throw KubeConfigError.invalidYAML(
+                    source, "context '\(entry.name)' names no cluster",
                     fieldPath: "contexts[\(index)].context.cluster")
             }
             contexts[entry.name] = Context(cluster: cluster, user: context.user, namespace: context.namespace)
@@ -179,7 +181,8 @@ public struct KubeConfig: Sendable, Hashable {
             var seen = Set<String>()
             return value.split(separator: ":").map(String.init).filter { !$0.isEmpty && seen.insert($0).inserted }
         }
-        let home = environment["HOME"].map { URL(fileURLWithPath: $0) }
+        let home =
+            environment["HOME"].map { URL(fileURLWithPath: $0) }
             ?? FileManager.default.homeDirectoryForCurrentUser
         return [home.appendingPathComponent(".kube/config").path]
     }

@@ -135,9 +135,10 @@ public struct KubernetesError: Error, Hashable, Sendable, CustomStringConvertibl
         } else if let seconds = status.details?.retryAfterSeconds, seconds >= 0 {
             retryAfter = .seconds(seconds)
         }
-        let message = status.message.flatMap { $0.isEmpty ? nil : $0 } ?? fallbackMessage.flatMap {
-            $0.isEmpty ? nil : $0
-        } ?? status.reason ?? "HTTP \(numeric)"
+        let message =
+            status.message.flatMap { $0.isEmpty ? nil : $0 } ?? fallbackMessage.flatMap {
+                $0.isEmpty ? nil : $0
+            } ?? status.reason ?? "HTTP \(numeric)"
         return KubernetesError(
             code: code, message: message, status: status, httpStatus: httpStatus ?? status.code,
             retryAfter: retryAfter)

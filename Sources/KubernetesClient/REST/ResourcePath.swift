@@ -45,7 +45,9 @@ public struct ResourcePath: Sendable, Hashable, CustomStringConvertible {
         while base.hasSuffix("/") { base.removeLast() }
         var url = base + path
         if !query.isEmpty {
-            url += "?" + query.map { "\(Self.escapeQuery($0.name))=\(Self.escapeQuery($0.value ?? ""))" }
+            url +=
+                "?"
+                + query.map { "\(Self.escapeQuery($0.name))=\(Self.escapeQuery($0.value ?? ""))" }
                 .joined(separator: "&")
         }
         return url
