@@ -78,14 +78,36 @@ public final class Certificate: @unchecked Sendable, Equatable, CustomStringConv
     /// The issuer's first common name.
     public var issuerCommonName: String? { Self.commonName(of: X509_get_issuer_name(pointer)) }
 
+    /// Every subjectAltName entry, in certificate order.
+    public var subjectAltNames: [SubjectAltName] {
+        guard let raw = X509_get_ext_d2i(pointer, NID_subject_alt_name, nil, nil) else {
+            OpenSSLErrorQueue.clear()
+            return []
+        }
+        let names = OpaquePointer(raw)
+        defer { GENERAL_NAMES_free(names) }
+        return GeneralNames.read(names)
+    }
+
     /// DNS names from the subjectAltName extension, in certificate order.
     public var dnsNames: [String] {
-        subjectAltNames(ofType: GEN_DNS).map { String(decoding: $0, as: UTF8.self) }
+        subjectAltNames.compactMap { if case .dns(let name) = $0 { name } else { nil } }
     }
 
     /// IP addresses from the subjectAltName extension in textual form (`10.0.0.1`, `::1`).
     public var ipAddresses: [String] {
-        subjectAltNames(ofType: GEN_IPADD).compactMap(Self.formatIPAddress)
+        subjectAltNames.compactMap { if case .ipAddress(let address) = $0 { address } else { nil } }
+    }
+
+    /// The extendedKeyUsage purposes this module knows, empty when the extension is absent.
+    public var extendedKeyUsage: Set<CertificateBuilder.ExtendedKeyUsage> {
+        let flags = X509_get_extended_key_usage(pointer)
+        // Without the extension OpenSSL reports every purpose as allowed (UINT32_MAX); report what is written.
+        guard X509_get_ext_by_NID(pointer, NID_ext_key_usage, -1) >= 0 else { return [] }
+        var usages: Set<CertificateBuilder.ExtendedKeyUsage> = []
+        if flags & UInt32(XKU_SSL_SERVER) != 0 { usages.insert(.serverAuth) }
+        if flags & UInt32(XKU_SSL_CLIENT) != 0 { usages.insert(.clientAuth) }
+        return usages
     }
 
     public var notBefore: Date { Self.date(X509_get0_notBefore(pointer)) }
@@ -131,6 +153,13 @@ public final class Certificate: @unchecked Sendable, Equatable, CustomStringConv
         }
     }
 
+    /// Whether `key` is the private key of this certificate's public key (`X509_check_private_key`).
+    public func matches(privateKey key: PrivateKey) -> Bool {
+        let matches = X509_check_private_key(pointer, key.pointer) == 1
+        OpenSSLErrorQueue.clear()
+        return matches
+    }
+
     /// Whether this certificate's signature verifies with `issuer`'s public key (`X509_verify`).
     ///
     /// Checks the signature only, not validity dates, names or chain policy; it answers "did this CA sign it".
@@ -165,25 +194,7 @@ public final class Certificate: @unchecked Sendable, Equatable, CustomStringConv
         return (constraints.pointee.ca != 0, pathLength)
     }
 
-    private func subjectAltNames(ofType wanted: Int32) -> [[UInt8]] {
-        guard let raw = X509_get_ext_d2i(pointer, NID_subject_alt_name, nil, nil) else {
-            OpenSSLErrorQueue.clear()
-            return []
-        }
-        let names = OpaquePointer(raw)
-        defer { GENERAL_NAMES_free(names) }
-        var result: [[UInt8]] = []
-        for index in 0..<OPENSSL_sk_num(names) {
-            guard let element = OPENSSL_sk_value(names, index) else { continue }
-            var type: Int32 = 0
-            let name = element.assumingMemoryBound(to: GENERAL_NAME.self)
-            guard let value = GENERAL_NAME_get0_value(name, &type), type == wanted else { continue }
-            result.append(asn1Bytes(value.assumingMemoryBound(to: ASN1_STRING.self)))
-        }
-        return result
-    }
-
-    private static func commonName(of name: OpaquePointer?) -> String? {
+    static func commonName(of name: OpaquePointer?) -> String? {
         guard let name else { return nil }
         let index = X509_NAME_get_index_by_NID(name, NID_commonName, -1)
         guard index >= 0, let entry = X509_NAME_get_entry(name, index),
@@ -203,22 +214,5 @@ public final class Certificate: @unchecked Sendable, Equatable, CustomStringConv
         var parts = tm()
         guard let time, ASN1_TIME_to_tm(time, &parts) == 1 else { return Date(timeIntervalSince1970: 0) }
         return Date(timeIntervalSince1970: TimeInterval(timegm(&parts)))
-    }
-
-    private static func formatIPAddress(_ bytes: [UInt8]) -> String? {
-        switch bytes.count {
-        case 4:
-            return bytes.map(String.init).joined(separator: ".")
-        case 16:
-            var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-            let formatted = bytes.withUnsafeBytes { address in
-                inet_ntop(AF_INET6, address.baseAddress, &buffer, socklen_t(buffer.count))
-            }
-            guard formatted != nil else { return nil }
-            let length = buffer.firstIndex(of: 0) ?? buffer.count
-            return String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        default:
-            return nil
-        }
     }
 }

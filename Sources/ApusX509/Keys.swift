@@ -80,6 +80,27 @@ public final class PrivateKey: @unchecked Sendable {
     public var publicKeyPEM: String {
         get throws { try publicKey.pem }
     }
+
+    /// An ECDSA-SHA256 signature (DER `ECDSA-Sig-Value`) of `message`, the operation every certificate issue ends
+    /// with; benchmarks use it as the cost floor of issuing.
+    public func signature(for message: [UInt8]) throws -> [UInt8] {
+        OpenSSLErrorQueue.clear()
+        let operation = "signing"
+        guard let context = EVP_MD_CTX_new() else { throw X509Error.fromQueue(.signingFailed, operation) }
+        defer { EVP_MD_CTX_free(context) }
+        guard EVP_DigestSignInit(context, nil, EVP_sha256(), nil, pointer) == 1 else {
+            throw X509Error.fromQueue(.signingFailed, operation)
+        }
+        var length = 0
+        guard EVP_DigestSign(context, nil, &length, message, message.count) == 1 else {
+            throw X509Error.fromQueue(.signingFailed, operation)
+        }
+        var signature = [UInt8](repeating: 0, count: length)
+        guard EVP_DigestSign(context, &signature, &length, message, message.count) == 1 else {
+            throw X509Error.fromQueue(.signingFailed, operation)
+        }
+        return Array(signature.prefix(length))
+    }
 }
 
 /// A public key, e.g. the subject key to put in a certificate being issued.
@@ -133,6 +154,34 @@ public final class PublicKey: @unchecked Sendable, Equatable {
             }
             return String(decoding: bytes, as: UTF8.self)
         }
+    }
+
+    /// The elliptic curve's name (`P-256`, `P-384`), or `nil` for a key that is not an EC key.
+    public var curveName: String? {
+        guard EVP_PKEY_get_base_id(pointer) == EVP_PKEY_EC else { return nil }
+        var buffer = [CChar](repeating: 0, count: 64)
+        var length = 0
+        guard EVP_PKEY_get_group_name(pointer, &buffer, buffer.count, &length) == 1 else {
+            OpenSSLErrorQueue.clear()
+            return nil
+        }
+        let name = String(decoding: buffer.prefix(length).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        // OpenSSL reports the SN ("prime256v1", "secp384r1"); use the NIST names everyone writes.
+        switch name {
+        case "prime256v1": return "P-256"
+        case "secp384r1": return "P-384"
+        case "secp521r1": return "P-521"
+        default: return name
+        }
+    }
+
+    /// Whether `signature` is a valid ECDSA-SHA256 signature of `message` under this key.
+    public func isValidSignature(_ signature: [UInt8], for message: [UInt8]) -> Bool {
+        defer { OpenSSLErrorQueue.clear() }
+        guard let context = EVP_MD_CTX_new() else { return false }
+        defer { EVP_MD_CTX_free(context) }
+        guard EVP_DigestVerifyInit(context, nil, EVP_sha256(), nil, pointer) == 1 else { return false }
+        return EVP_DigestVerify(context, signature, signature.count, message, message.count) == 1
     }
 
     /// Keys are equal when their public parameters are (`EVP_PKEY_eq`).

@@ -68,3 +68,49 @@ extension String {
     /// Whether the text contains at least one PEM block header, to tell "not PEM" from "PEM of another type".
     var containsPEMHeader: Bool { contains("-----BEGIN ") }
 }
+
+/// Writes a public key into a certificate's `X509_PUBKEY`.
+///
+/// `X509_set_pubkey` in OpenSSL 3.0 serializes the key with the encoder framework and parses it back with a freshly
+/// built decoder context: about 2 million instructions, a third of issuing a leaf. For EC keys on a named curve the
+/// SubjectPublicKeyInfo is just (id-ecPublicKey, curve OID, encoded point), written here directly; other keys, and
+/// a nil `info`, take OpenSSL's general path.
+///
+/// The direct path leaves OpenSSL's cached `EVP_PKEY` of the structure empty, and OpenSSL 3.0 cannot rebuild it
+/// lazily (`X509_get0_pubkey` then fails). Only use it on an object that is encoded and dropped, never verified or
+/// handed out.
+enum SubjectPublicKeyInfoWriter {
+    static func write(
+        _ key: OpaquePointer, into info: OpaquePointer?, fallback: () -> Int32, operation: String
+    ) throws {
+        if let info, writeEC(key, into: info) { return }
+        OpenSSLErrorQueue.clear()
+        guard fallback() == 1 else { throw X509Error.fromQueue(.signingFailed, "\(operation): setting public key") }
+    }
+
+    private static func writeEC(_ key: OpaquePointer, into info: OpaquePointer) -> Bool {
+        guard EVP_PKEY_get_base_id(key) == EVP_PKEY_EC else { return false }
+        var name = [CChar](repeating: 0, count: 64)
+        var nameLength = 0
+        guard EVP_PKEY_get_group_name(key, &name, name.count, &nameLength) == 1 else { return false }
+        let curve = OBJ_sn2nid(name)
+        guard curve != NID_undef, let curveObject = OBJ_nid2obj(curve),
+            let algorithm = OBJ_nid2obj(NID_X9_62_id_ecPublicKey)
+        else { return false }
+        var point: UnsafeMutablePointer<UInt8>?
+        let length = EVP_PKEY_get1_encoded_public_key(key, &point)
+        guard length > 0, length <= Int(Int32.max), let point else {
+            CRYPTO_free(point, #fileID, #line)
+            return false
+        }
+        // Takes ownership of `point`; the OIDs are OpenSSL's static table entries.
+        guard
+            X509_PUBKEY_set0_param(
+                info, algorithm, V_ASN1_OBJECT, UnsafeMutableRawPointer(curveObject), point, Int32(length)) == 1
+        else {
+            CRYPTO_free(point, #fileID, #line)
+            return false
+        }
+        return true
+    }
+}

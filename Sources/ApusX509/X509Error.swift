@@ -20,6 +20,8 @@ public struct X509Error: Error, Equatable, Sendable, CustomStringConvertible {
         case signingFailed
         /// Serializing to PEM/DER failed; normally only on allocation failure.
         case encodingFailed
+        /// A certificate does not chain to the trust anchors (bad signature, expired, not a CA, no path).
+        case verificationFailed
     }
 
     public let code: Code
