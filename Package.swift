@@ -11,16 +11,20 @@ let package = Package(
         .library(name: "ApusCore", targets: ["ApusCore"]),
         .library(name: "KubernetesClient", targets: ["KubernetesClient"]),
         .library(name: "KubernetesTestServer", targets: ["KubernetesTestServer"]),
+        .library(name: "ApusIdentity", targets: ["ApusIdentity"]),
+        .library(name: "ApusIdentityClient", targets: ["ApusIdentityClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
     ],
     targets: [
         // Pure vocabulary shared by control and data plane: resource model, durations, route matching.
@@ -38,6 +42,12 @@ let package = Package(
         .target(
             name: "ApusX509",
             dependencies: ["COpenSSL"]
+        ),
+        // Workload identity CA (Linkerd-compatible names, CSR checks, leaf issuing) and the Certify wire types;
+        // CPU-only, no networking or Kubernetes I/O.
+        .target(
+            name: "ApusIdentity",
+            dependencies: ["ApusCore", "ApusX509"]
         ),
         // Kubernetes API client: config, typed REST, watch, informers, work queue, leader election, events.
         .target(
@@ -77,8 +87,48 @@ let package = Package(
             dependencies: [
                 "ApusCore",
                 "KubernetesClient",
+                "ApusDestinationClient",
+                "ApusIdentity",
+                "ApusX509",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // Proxy-side identity client: key + CSR in memory, Certify over TLS, refresh; deliberately small (no
+        // AsyncHTTPClient) because every proxy links it.
+        .target(
+            name: "ApusIdentityClient",
+            dependencies: [
+                "ApusIdentity",
+                "ApusX509",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Proxy-side destination client and the destination protocol's wire types (shared with the server).
+        .target(
+            name: "ApusDestinationClient",
+            dependencies: [
+                "ApusCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(
@@ -103,6 +153,7 @@ let package = Package(
             name: "apus",
             dependencies: [
                 "ApusCore",
+                "ApusIdentity",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -118,14 +169,60 @@ let package = Package(
             ],
             path: "Benchmarks/InformerBenchmark"
         ),
+        .executableTarget(
+            name: "IdentityBenchmark",
+            dependencies: ["ApusIdentity", "ApusX509"],
+            path: "Benchmarks/IdentityBenchmark"
+        ),
         .testTarget(name: "ApusCoreTests", dependencies: ["ApusCore", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "ApusX509Tests", dependencies: ["ApusX509"]),
         .testTarget(
+            name: "ApusIdentityTests",
+            dependencies: [
+                "ApusIdentity", "ApusX509",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
+        .testTarget(
             name: "ApusControllerTests",
             dependencies: [
+                "apus", "apus-controller",
                 "ApusCore", "ApusController", "KubernetesClient", "KubernetesTestServer",
+                "ApusDestinationClient", "ApusX509",
+                "ApusIdentity", "ApusIdentityClient",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .testTarget(
+            name: "ApusIdentityClientTests",
+            dependencies: [
+                "ApusIdentity", "ApusIdentityClient", "ApusX509",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "ApusDestinationClientTests",
+            dependencies: [
+                "ApusCore", "ApusDestinationClient", "ApusX509",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
         .testTarget(

@@ -63,8 +63,10 @@ import NIOSSL
 ///   supported. A watch from a revision newer than the current one simply waits for that revision.
 /// - `dryRun` is rejected with 400 instead of being honoured. No discovery documents (`/api`, `/apis`), no
 ///   OpenAPI, no protobuf, no HTTP/2, no `Table` output, no `kubectl`-specific endpoints.
-/// - TokenReview is answered from the server's own bearer tokens (override with ``setCreateHandler(for:_:)``);
-///   other review kinds are stored like ordinary objects unless given a handler.
+/// - TokenReview is answered for the tokens ``mintServiceAccountToken(namespace:serviceAccount:audiences:expiration:)``
+///   minted (audiences and expiry checked like the real server) and the server's own bearer tokens (override with
+///   ``setCreateHandler(for:_:)``); other review kinds are stored like ordinary objects unless given a handler.
+///   Minted tokens are opaque strings, not JWTs, and do not authenticate API requests themselves.
 /// - Client certificates authenticate as their CN; the O (groups) of the subject is ignored.
 public final class KubernetesTestServer: Sendable {
     public struct Options: Sendable {
@@ -265,6 +267,18 @@ public final class KubernetesTestServer: Sendable {
     public func setCreateHandler(for type: ResourceType, _ handler: @escaping CreateHandler) {
         let info = resourceInfo(type)
         core.state.withLockedValue { $0.createHandlers[info.storageKey] = handler }
+    }
+
+    /// Mints a ServiceAccount token the way the TokenRequest API does (a projected token), which TokenReviews
+    /// then authenticate as `system:serviceaccount:<namespace>:<serviceAccount>` until `expiration` has passed,
+    /// for reviews whose `spec.audiences` overlap `audiences`. Without audiences the token is for the API server
+    /// itself (audience `https://kubernetes.default.svc.cluster.local`), like a legacy token; a zero or negative
+    /// `expiration` mints an already expired token. The ServiceAccount object need not exist.
+    public func mintServiceAccountToken(
+        namespace: String, serviceAccount: String, audiences: [String] = [], expiration: Duration = .seconds(3600)
+    ) -> String {
+        core.serviceAccountTokens.mint(
+            namespace: namespace, serviceAccount: serviceAccount, audiences: audiences, expiration: expiration)
     }
 
     // MARK: - Fault injection

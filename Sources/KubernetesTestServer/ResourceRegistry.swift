@@ -103,8 +103,8 @@ struct ResourceRegistry: Sendable {
             "certificates.k8s.io", "v1", "certificatesigningrequests", "CertificateSigningRequest",
             namespaced: false, status: true)
         // Linkerd CRDs: both ServiceProfile versions are served from one storage, as the CRD declares them.
-        add("linkerd.io", "v1alpha2", "serviceprofiles", "ServiceProfile", custom: true)
-        add("linkerd.io", "v1alpha1", "serviceprofiles", "ServiceProfile", custom: true)
+        add("linkerd.io", "v1alpha2", "serviceprofiles", "ServiceProfile", status: true, custom: true)
+        add("linkerd.io", "v1alpha1", "serviceprofiles", "ServiceProfile", status: true, custom: true)
         add("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", status: true, custom: true)
         add("policy.linkerd.io", "v1beta3", "servers", "Server", custom: true)
         add("policy.linkerd.io", "v1alpha1", "authorizationpolicies", "AuthorizationPolicy", custom: true)

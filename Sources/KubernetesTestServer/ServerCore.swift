@@ -36,25 +36,35 @@ final class ServerCore: Sendable {
     let bearerTokens: [String: String]
     let clientCA: Certificate?
     let authorizer: (@Sendable (AuthorizationAttributes) -> Bool)?
+    /// The ServiceAccount tokens the server minted, which its TokenReviews authenticate.
+    let serviceAccountTokens: ServiceAccountTokens
 
     init(options: KubernetesTestServer.Options, clientCA: Certificate?) {
         authorizer = options.authorizer
         var initial = ServerState(options: options)
         let tokens = options.bearerTokens
+        let minted = ServiceAccountTokens()
+        serviceAccountTokens = minted
         initial.createHandlers[
             StorageKey(group: TokenReview.resourceType.group, plural: TokenReview.resourceType.plural)] = { request in
-                Self.reviewToken(request.object, tokens: tokens)
+                Self.reviewToken(request.object, tokens: tokens, minted: minted)
             }
         state = NIOLockedValueBox(initial)
         bearerTokens = options.bearerTokens
         self.clientCA = clientCA
     }
 
-    /// The default TokenReview answer: a token is authenticated when it is one of the server's bearer tokens.
-    private static func reviewToken(_ review: JSONValue, tokens: [String: String]) -> JSONValue {
+    /// The default TokenReview answer: minted ServiceAccount tokens are checked for expiry and audiences (see
+    /// ``ServiceAccountTokens``); otherwise a token is authenticated when it is one of the server's bearer tokens.
+    private static func reviewToken(
+        _ review: JSONValue, tokens: [String: String], minted: ServiceAccountTokens
+    ) -> JSONValue {
         var response = review
         let token = review["spec"]?["token"]?.stringValue ?? ""
-        if let user = tokens[token] {
+        let audiences = review["spec"]?["audiences"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        if let status = minted.reviewStatus(token: token, requestedAudiences: audiences) {
+            response["status"] = status
+        } else if let user = tokens[token] {
             response["status"] = .object([
                 "authenticated": .bool(true),
                 "user": .object(["username": .string(user), "groups": .array([.string("system:authenticated")])]),

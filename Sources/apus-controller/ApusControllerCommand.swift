@@ -26,8 +26,33 @@ struct ApusControllerCommand: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Elect one active replica through a Lease.")
     var leaderElect = true
 
-    @Option(help: "Identity of this replica in the Lease (default: $POD_NAME or host-pid).")
-    var identity: String?
+    @Option(help: "Name of this replica in the Lease (default: $POD_NAME or host-pid).")
+    var replicaName: String?
+
+    @Option(help: "Trust domain of proxy identities (the last labels of every identity name).")
+    var trustDomain = "cluster.local"
+
+    @Option(help: "Cluster DNS domain services' names end in.")
+    var clusterDomain = "cluster.local"
+
+    @Option(help: "Port of the identity service (Certify API over TLS).")
+    var identityPort = 8080
+
+    @Option(help: "Lifetime of issued proxy certificates, as a Go duration.")
+    var identityIssuanceLifetime = "24h"
+
+    @Option(help: "Clock skew allowed on both ends of an issued certificate's validity, as a Go duration.")
+    var identityClockSkewAllowance = "20s"
+
+    @Option(
+        help: """
+            Read the trust roots and issuer from files in this folder (ca-bundle.crt, issuer.crt, issuer.key, as \
+            `apus identity generate` writes them) instead of the Secret and ConfigMap; reloaded when they change.
+            """)
+    var identityIssuerDirectory: String?
+
+    @Option(help: "Extra DNS name for the identity service's serving certificate (repeatable).")
+    var identityDNSName: [String] = []
 
     @Option(help: "Seconds a standby waits after the leader's last renewal before taking over.")
     var leaseDurationSeconds = 15
@@ -42,6 +67,18 @@ struct ApusControllerCommand: AsyncParsableCommand {
     var logLevel = "info"
 
     mutating func validate() throws {
+        for (flag, value) in [
+            ("--identity-issuance-lifetime", identityIssuanceLifetime),
+            ("--identity-clock-skew-allowance", identityClockSkewAllowance),
+        ] {
+            do {
+                let duration = try GoDuration(parsing: value)
+                guard duration.nanoseconds >= 0 else { throw ValidationError("\(flag) must not be negative") }
+            } catch let error as GoDurationError {
+                throw ValidationError("\(flag): \(error)")
+            }
+        }
+        guard (1...65535).contains(identityPort) else { throw ValidationError("--identity-port must be 1-65535") }
         guard retryPeriodSeconds > 0, renewDeadlineSeconds > retryPeriodSeconds,
             leaseDurationSeconds > renewDeadlineSeconds
         else {
@@ -76,11 +113,18 @@ struct ApusControllerCommand: AsyncParsableCommand {
             controlNamespace: controlNamespace, leaderElection: leaderElect,
             leaseDuration: .seconds(leaseDurationSeconds), renewDeadline: .seconds(renewDeadlineSeconds),
             retryPeriod: .seconds(retryPeriodSeconds))
-        if let identity { options.identity = identity }
+        if let replicaName { options.identity = replicaName }
         let manager = ControllerManager(client: client, options: options)
+        // Status conditions on ServiceProfiles and HTTPRoutes: only the leader writes them.
+        let statuses = try StatusReconcilers(manager: manager, clusterDomain: clusterDomain)
+        manager.addLeaderComponent { manager in await statuses.runAsLeader(manager) }
+        let identity = try makeIdentityService(client: client, events: manager.events)
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [.init(service: manager, successTerminationBehavior: .gracefullyShutdownGroup)],
+                services: [
+                    .init(service: manager, successTerminationBehavior: .gracefullyShutdownGroup),
+                    .init(service: identity, successTerminationBehavior: .gracefullyShutdownGroup),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: Logger(label: "apus.controller.lifecycle")))
         do {
@@ -90,5 +134,24 @@ struct ApusControllerCommand: AsyncParsableCommand {
             throw error
         }
         try await client.shutdown()
+    }
+
+    /// The identity CA: every replica serves Certify (it needs no leadership), reading its issuer from the
+    /// Secret/ConfigMap or from files, and validating proxies' tokens with TokenReviews.
+    private func makeIdentityService(client: KubernetesClient, events: EventRecorder) throws -> IdentityService {
+        let options = IdentityServiceOptions(
+            controlNamespace: controlNamespace, trustDomain: trustDomain, port: identityPort,
+            servingDNSNames: identityDNSName,
+            leafLifetime: try GoDuration(parsing: identityIssuanceLifetime).seconds,
+            clockSkew: try GoDuration(parsing: identityClockSkewAllowance).seconds)
+        let source: any IssuerSource =
+            if let identityIssuerDirectory {
+                FileIssuerSource(directory: identityIssuerDirectory)
+            } else {
+                KubernetesIssuerSource(client: client, namespace: controlNamespace, events: events)
+            }
+        let validator = TokenReviewValidator(
+            client: client, controlNamespace: controlNamespace, trustDomain: trustDomain)
+        return IdentityService(options: options, source: source, validator: validator, events: events)
     }
 }

@@ -9,7 +9,7 @@ struct ApusCommand: ParsableCommand {
         commandName: "apus",
         abstract: "Operate the Apus service mesh.",
         version: ApusVersion.current,
-        subcommands: [Version.self]
+        subcommands: [Version.self, IdentityCommand.self]
     )
 
     struct Version: ParsableCommand {

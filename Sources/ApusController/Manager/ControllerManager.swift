@@ -1,6 +1,7 @@
 import ApusCore
 import KubernetesClient
 import Logging
+import NIOConcurrencyHelpers
 import ServiceLifecycle
 
 /// The controller-manager: the shared informer caches every control-plane component reads, leader election,
@@ -32,7 +33,7 @@ public final class ControllerManager: ServiceLifecycle.Service {
     public let serviceProfiles: Informer<ServiceProfile>
     public let httpRoutes: Informer<HTTPRoute>
     public let elector: LeaderElector?
-    private let leaderComponents: [LeaderComponent]
+    private let leaderComponents: NIOLockedValueBox<[LeaderComponent]>
     private let logger: Logger
 
     public init(
@@ -41,7 +42,7 @@ public final class ControllerManager: ServiceLifecycle.Service {
     ) {
         self.client = client
         self.options = options
-        self.leaderComponents = leaderComponents
+        self.leaderComponents = NIOLockedValueBox(leaderComponents)
         self.logger = logger
         self.events = EventRecorder(client: client, component: "apus-controller", host: options.identity)
         self.pods = Informer(client: client, Pod.self, resyncPeriod: options.resyncPeriod)
@@ -63,9 +64,15 @@ public final class ControllerManager: ServiceLifecycle.Service {
             : nil
     }
 
-    /// Every API call the manager's own parts make, by resource; `config/rbac` must grant exactly these.
-    /// Components added by later features append theirs here next to the code that makes the calls.
+    /// Every API call `apus-controller` makes: the manager's own parts plus each component it runs (each declares
+    /// its calls next to its code). `config/rbac` must grant exactly these.
     public static func requiredPermissions(options: ControllerOptions = ControllerOptions()) -> [PermissionRule] {
+        managerPermissions(options: options) + IdentityService.requiredPermissions
+            + StatusReconcilers.requiredPermissions + DestinationIndexes.requiredPermissions
+    }
+
+    /// The calls of the caches, leader election and the Event recorder.
+    static func managerPermissions(options: ControllerOptions) -> [PermissionRule] {
         let watch = ["list", "watch"]
         var rules: [PermissionRule] = [
             PermissionRule(Pod.resourceType, verbs: watch, scope: .cluster),
@@ -82,6 +89,12 @@ public final class ControllerManager: ServiceLifecycle.Service {
         rules.append(
             PermissionRule(Lease.resourceType, verbs: ["get", "update"], scope: .namespace, names: [options.leaseName]))
         return rules
+    }
+
+    /// Adds work that runs only while this replica leads. Components that need the manager's informers are built
+    /// after it and register here, before ``run()``.
+    public func addLeaderComponent(_ component: @escaping LeaderComponent) {
+        leaderComponents.withLockedValue { $0.append(component) }
     }
 
     /// Waits until every cache holds its first full list.
@@ -126,7 +139,13 @@ public final class ControllerManager: ServiceLifecycle.Service {
                             await self.recordLeadership()
                             await self.runLeaderComponents()
                         },
-                        onStoppedLeading: { self.logger.warning("lost leadership; leader-only components stopped") },
+                        onStoppedLeading: {
+                            if Task.isCancelled {
+                                self.logger.info("stopped leading: shutting down")
+                            } else {
+                                self.logger.warning("lost leadership; leader-only components stopped")
+                            }
+                        },
                         onNewLeader: { leader in self.logger.info("leader is \(leader)") })
                 } else {
                     await self.runLeaderComponents()
@@ -146,7 +165,7 @@ public final class ControllerManager: ServiceLifecycle.Service {
 
     private func runLeaderComponents() async {
         await withDiscardingTaskGroup { group in
-            for component in leaderComponents {
+            for component in leaderComponents.withLockedValue({ $0 }) {
                 group.addTask { await component(self) }
             }
         }

@@ -1,0 +1,166 @@
+import ApusController
+import ApusCore
+import Foundation
+import KubernetesClient
+import KubernetesTestServer
+import Testing
+
+/// The status reconcilers against the API test server, as the controller's ServiceAccount with the checked-in
+/// RBAC plus ``StatusReconcilers/requiredPermissions``.
+@Suite struct ReconcilerStatusTests {
+    static let host = "web.shop.svc.cluster.local"
+
+    static func json(_ text: String) throws -> JSONValue { try JSONValue(json: Data(text.utf8)) }
+
+    static func profileJSON(pathRegex: String, ratio: Double) throws -> JSONValue {
+        let regex = try String(decoding: JSONEncoder().encode(pathRegex), as: UTF8.self)
+        return try json(
+            """
+            {"apiVersion": "linkerd.io/v1alpha2", "kind": "ServiceProfile",
+             "metadata": {"name": "\(host)", "namespace": "shop"},
+             "spec": {"routes": [{"name": "GET /books", "condition": {"method": "GET", "pathRegex": \(regex)}}],
+                      "retryBudget": {"retryRatio": \(ratio), "minRetriesPerSecond": 10, "ttl": "10s"}}}
+            """)
+    }
+
+    static func routeJSON(name: String, parent: String, backend: String, filterType: String? = nil) throws
+        -> JSONValue
+    {
+        let filters = filterType.map { #", "filters": [{"type": "\#($0)", "urlRewrite": {}}]"# } ?? ""
+        return try json(
+            """
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "\(name)", "namespace": "shop"},
+             "spec": {"parentRefs": [{"group": "core", "kind": "Service", "name": "\(parent)", "port": 80}],
+                      "rules": [{"backendRefs": [{"name": "\(backend)", "port": 80}]\(filters)}]}}
+            """)
+    }
+
+    static func parentConditions(_ route: HTTPRoute) -> [String: Condition] {
+        let ours = route.status?.parents?.first { $0.controllerName == "apus.io/controller" }
+        return Dictionary((ours?.conditions ?? []).map { ($0.type, $0) }) { a, _ in a }
+    }
+
+    @Test("invalid profile and routes get Accepted/ResolvedRefs conditions and Events; fixing them flips them")
+    func statusConditionsAndEvents() async throws {
+        let fixture = try await ControllerManagerTests.Fixture.start(
+            rules: try ControllerManagerTests.checkedInRules() + StatusReconcilers.requiredPermissions)
+        // The CRD has a status subresource; declare it on the test server the same way.
+        fixture.server.registerResource(ServiceProfile.resourceType, hasStatusSubresource: true)
+        let admin = fixture.admin
+        _ = try await admin.create(Namespace(metadata: ObjectMeta(name: "apus")))
+        _ = try await admin.create(Namespace(metadata: ObjectMeta(name: "shop")))
+        _ = try await admin.create(
+            ApusCore.Service(
+                metadata: ObjectMeta(name: "web", namespace: "shop"),
+                spec: ServiceSpec(selector: ["app": "web"], ports: [ServicePort(name: "http", port: 80)])),
+            namespace: "shop")
+        _ = try await admin.create(
+            ServiceProfile.resourceType, try Self.profileJSON(pathRegex: "/books/(", ratio: -1), namespace: "shop")
+        _ = try await admin.create(
+            HTTPRoute.resourceType, try Self.routeJSON(name: "to-missing", parent: "web", backend: "web-v2"),
+            namespace: "shop")
+        _ = try await admin.create(
+            HTTPRoute.resourceType, try Self.routeJSON(name: "no-parent", parent: "nope", backend: "web"),
+            namespace: "shop")
+        _ = try await admin.create(
+            HTTPRoute.resourceType,
+            try Self.routeJSON(name: "rewrite", parent: "web", backend: "web", filterType: "URLRewrite"),
+            namespace: "shop")
+
+        let client = try fixture.controllerClient()
+        let manager = ControllerManager(
+            client: client,
+            options: ControllerOptions(leaderElection: false, identity: "replica-a", resyncPeriod: nil))
+        let statuses = try StatusReconcilers(manager: manager)
+        let run = Task { await manager.run() }
+        let lead = Task {
+            await manager.waitUntilSynced()
+            await statuses.runWhileLeading()
+        }
+
+        // Invalid profile: Accepted=False/InvalidSpec listing every issue by field path, and a Warning Event.
+        try await eventually {
+            let profile = try await admin.get(ServiceProfile.self, name: Self.host, namespace: "shop")
+            let condition = profile.status?.conditions?[type: "Accepted"]
+            return condition?.status == "False" && condition?.reason == "InvalidSpec"
+                && condition?.message?.contains("spec.routes[0].condition.pathRegex") == true
+                && condition?.message?.contains("spec.retryBudget.retryRatio") == true
+                && condition?.observedGeneration == 1
+        }
+        try await eventually {
+            let events = try await admin.list(Event.self, namespace: "shop").items
+            return events.contains {
+                $0.reason == "InvalidServiceProfile" && $0.type == "Warning" && $0.involvedObject.name == Self.host
+            }
+        }
+        // Routes: missing backend, missing parent, unsupported filter.
+        try await eventually {
+            let route = try await admin.get(HTTPRoute.self, name: "to-missing", namespace: "shop")
+            let conditions = Self.parentConditions(route)
+            return conditions["Accepted"]?.status == "True" && conditions["ResolvedRefs"]?.reason == "BackendNotFound"
+                && conditions["ResolvedRefs"]?.message?.contains("spec.rules[0].backendRefs[0]") == true
+                && route.status?.parents?.first?.parentRef.name == "web"
+        }
+        try await eventually {
+            let route = try await admin.get(HTTPRoute.self, name: "no-parent", namespace: "shop")
+            return Self.parentConditions(route)["Accepted"]?.reason == "NoMatchingParent"
+        }
+        try await eventually {
+            let route = try await admin.get(HTTPRoute.self, name: "rewrite", namespace: "shop")
+            let accepted = Self.parentConditions(route)["Accepted"]
+            return accepted?.status == "False" && accepted?.reason == "UnsupportedValue"
+                && accepted?.message?.contains("spec.rules[0].filters[0].type") == true
+        }
+        try await eventually {
+            let events = try await admin.list(Event.self, namespace: "shop").items
+            return events.contains { $0.reason == "BackendNotFound" && $0.involvedObject.name == "to-missing" }
+                && events.contains { $0.reason == "NoMatchingParent" && $0.involvedObject.name == "no-parent" }
+                && events.contains { $0.reason == "UnsupportedValue" && $0.involvedObject.name == "rewrite" }
+        }
+
+        // Level-based and idempotent: reconciling converged objects again writes nothing.
+        let patchesBefore = fixture.server.requestLog.filter { $0.verb == "patch" }.count
+        _ = try await statuses.profileReconciler.reconcile(ObjectKey(namespace: "shop", name: Self.host))
+        _ = try await statuses.routeReconciler.reconcile(ObjectKey(namespace: "shop", name: "to-missing"))
+        #expect(fixture.server.requestLog.filter { $0.verb == "patch" }.count == patchesBefore)
+
+        // Fix the profile and create the backend: the conditions flip, and the valid profile now overrides the
+        // routes attached to `web`, which their status says.
+        _ = try await admin.update(ServiceProfile.resourceType, Self.fixedProfile(admin))
+        _ = try await admin.create(
+            ApusCore.Service(
+                metadata: ObjectMeta(name: "web-v2", namespace: "shop"),
+                spec: ServiceSpec(selector: ["app": "web-v2"], ports: [ServicePort(name: "http", port: 80)])),
+            namespace: "shop")
+        try await eventually {
+            let profile = try await admin.get(ServiceProfile.self, name: Self.host, namespace: "shop")
+            let condition = profile.status?.conditions?[type: "Accepted"]
+            return condition?.status == "True" && condition?.reason == "Accepted" && condition?.observedGeneration == 2
+        }
+        try await eventually {
+            let route = try await admin.get(HTTPRoute.self, name: "to-missing", namespace: "shop")
+            let conditions = Self.parentConditions(route)
+            return conditions["ResolvedRefs"]?.status == "True"
+                && conditions["Overridden"]?.message?.contains("ServiceProfile shop/\(Self.host)") == true
+        }
+
+        lead.cancel()
+        run.cancel()
+        await lead.value
+        await run.value
+        #expect(fixture.refusals.withLockedValue { $0 }.map(\.description) == [])
+        try await client.shutdown()
+        try await fixture.shutdown()
+    }
+
+    /// The stored profile with a valid regex and ratio (a full update, so `generation` becomes 2).
+    static func fixedProfile(_ admin: KubernetesClient) async throws -> JSONValue {
+        let stored = try await admin.get(ServiceProfile.resourceType, name: host, namespace: "shop")
+        guard case .object(var object) = stored,
+            case .object(let fixed) = try profileJSON(pathRegex: "/books/\\d+", ratio: 0.2)
+        else { throw CancellationError() }
+        object["spec"] = fixed["spec"]
+        return .object(object)
+    }
+}
