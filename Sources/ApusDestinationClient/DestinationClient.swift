@@ -1,4 +1,5 @@
 import ApusCore
+import ApusIdentity
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
@@ -8,7 +9,14 @@ import NIOHTTP2
 import NIOPosix
 import NIOSSL
 
-/// The proxy side of the destination protocol: watches destinations over one shared HTTP/2 + TLS connection.
+/// The proxy side of the destination protocol: watches destinations over one shared HTTP/2 connection with
+/// mutual TLS.
+///
+/// The proxy presents its identity certificate (``DestinationClientTLS``, re-read at every connection so a
+/// refreshed identity is picked up) and verifies that the server's certificate chains to the trust anchors and
+/// names ``Configuration/serverIdentity`` (by default
+/// `apus-destination.<control-ns>.serviceaccount.identity.<control-ns>.<trust-domain>`); the address it dials
+/// plays no part in that check.
 ///
 /// Each watch keeps its last known value while the controller is unreachable (the proxy keeps routing with
 /// it) and reconnects with capped, jittered exponential backoff; after reconnecting, the new stream's first
@@ -16,8 +24,9 @@ import NIOSSL
 /// controller is a different replica with different version numbers.
 ///
 /// ```swift
-/// let client = try DestinationClient(configuration: .init(host: "apus-dst.apus.svc", port: 8086, tls: tls,
-///                                                         namespace: "shop", pod: "web-0"))
+/// let client = DestinationClient(configuration: .init(host: "apus-dst.apus.svc", port: 8086,
+///                                                     tls: .identity(identityClient),
+///                                                     namespace: "shop", pod: "web-0"))
 /// let watch = client.watchEndpoints(authority: "api.shop.svc.cluster.local:80")
 /// for await resolution in watch.updates { balancer.update(resolution) }
 /// ```
@@ -25,9 +34,9 @@ public final class DestinationClient: Sendable {
     public struct Configuration: Sendable {
         public var host: String
         public var port: Int
-        public var tls: TLSConfiguration
-        /// SNI and the name the server certificate must carry; defaults to `host`.
-        public var serverHostname: String?
+        public var tls: DestinationClientTLS
+        /// The identity the server's certificate must name; also sent as SNI and `host`.
+        public var serverIdentity: String
         /// The proxy's pod namespace and name (`ns`/`pod` of every request; the namespace picks client-side
         /// profiles and expands short names).
         public var namespace: String
@@ -38,14 +47,15 @@ public final class DestinationClient: Sendable {
         public var idleTimeout: Duration
 
         public init(
-            host: String, port: Int, tls: TLSConfiguration, serverHostname: String? = nil, namespace: String,
+            host: String, port: Int, tls: DestinationClientTLS,
+            serverIdentity: String = DestinationProtocol.serverIdentity().description, namespace: String,
             pod: String? = nil, initialBackoff: Duration = .milliseconds(100), maximumBackoff: Duration = .seconds(10),
             idleTimeout: Duration = .seconds(35)
         ) {
             self.host = host
             self.port = port
             self.tls = tls
-            self.serverHostname = serverHostname
+            self.serverIdentity = serverIdentity
             self.namespace = namespace
             self.pod = pod
             self.initialBackoff = initialBackoff
@@ -58,14 +68,11 @@ public final class DestinationClient: Sendable {
     typealias Multiplexer = NIOHTTP2Handler.AsyncStreamMultiplexer<Void>
 
     public let configuration: Configuration
-    private let context: NIOSSLContext
     private let connection: SharedConnection
     private let logger: Logger
 
-    public init(configuration: Configuration, logger: Logger = Logger(label: "apus.destination-client")) throws {
-        var tls = configuration.tls
-        tls.applicationProtocols = ["h2"]
-        self.context = try NIOSSLContext(configuration: tls)
+    /// Nothing is sent until a watch starts.
+    public init(configuration: Configuration, logger: Logger = Logger(label: "apus.destination-client")) {
         self.configuration = configuration
         self.logger = logger
         self.connection = SharedConnection()
@@ -182,7 +189,7 @@ public final class DestinationClient: Sendable {
             throw error
         }
         let idleTimeout = configuration.idleTimeout
-        let host = configuration.serverHostname ?? configuration.host
+        let host = configuration.serverIdentity
         do {
             try await stream.executeThenClose { inbound, outbound in
                 var head = HTTPRequestHead(version: .http2, method: .GET, uri: path)
@@ -244,8 +251,11 @@ public final class DestinationClient: Sendable {
     }
 
     private func connect() async throws -> (Channel, Multiplexer) {
-        let context = self.context
-        let hostname = configuration.serverHostname ?? configuration.host
+        var tls = try configuration.tls.makeConfiguration()
+        tls.applicationProtocols = ["h2"]
+        let context = try NIOSSLContext(configuration: tls)
+        // The hostname check of the handshake is the identity check: the certificate must name this identity.
+        let hostname = configuration.serverIdentity
         let sni = DestinationClient.isIPAddress(hostname) ? nil : hostname
         return try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connectTimeout(.seconds(5))
@@ -267,26 +277,43 @@ public final class DestinationClient: Sendable {
 }
 
 /// One HTTP/2 connection shared by every watch of a client; replaced after it fails.
+///
+/// Watches that need a connection while one is being made wait for that attempt instead of dialling their own.
 actor SharedConnection {
-    private var current: (id: Int, channel: Channel, multiplexer: DestinationClient.Multiplexer)?
-    private var connecting: Task<(Channel, DestinationClient.Multiplexer), any Error>?
+    typealias Connection = (id: Int, channel: Channel, multiplexer: DestinationClient.Multiplexer)
+
+    private var current: Connection?
+    private var connecting: Task<Connection, any Error>?
     private var nextID = 0
 
     func multiplexer(
         connect: @escaping @Sendable () async throws -> (Channel, DestinationClient.Multiplexer)
     ) async throws -> (Int, DestinationClient.Multiplexer) {
         if let current, current.channel.isActive { return (current.id, current.multiplexer) }
+        let attempt: Task<Connection, any Error>
         if let connecting {
-            let (channel, multiplexer) = try await connecting.value
-            if let current, current.channel === channel { return (current.id, multiplexer) }
+            attempt = connecting
+        } else {
+            nextID += 1
+            let id = nextID
+            attempt = Task {
+                let (channel, multiplexer) = try await connect()
+                return (id, channel, multiplexer)
+            }
+            connecting = attempt
         }
-        let task = Task { try await connect() }
-        connecting = task
-        defer { connecting = nil }
-        let (channel, multiplexer) = try await task.value
-        nextID += 1
-        current = (nextID, channel, multiplexer)
-        return (nextID, multiplexer)
+        do {
+            let made = try await attempt.value
+            // The first waiter to resume installs the connection; the others find it already installed.
+            if connecting == attempt {
+                connecting = nil
+                current = made
+            }
+            return (made.id, made.multiplexer)
+        } catch {
+            if connecting == attempt { connecting = nil }
+            throw error
+        }
     }
 
     func invalidate(_ id: Int) {

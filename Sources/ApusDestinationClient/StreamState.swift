@@ -94,6 +94,9 @@ public struct DestinationClientError: Error, Hashable, Sendable, CustomStringCon
         case idleTimeout
         /// The server ended the stream.
         case streamEnded
+        /// The proxy has no usable client certificate (not certified yet, or unparsable PEM); the server would
+        /// refuse the connection.
+        case noClientCertificate
     }
 
     public let code: Code

@@ -65,13 +65,18 @@ public struct IdentityCredentials: Sendable, CustomStringConvertible {
     /// Pass the identity expected of the server as `serverHostname` of the `NIOSSLClientHandler`; the handshake
     /// then fails unless the server's certificate names exactly that identity.
     public func makeClientContext() throws -> NIOSSLContext {
+        try NIOSSLContext(configuration: try makeClientConfiguration())
+    }
+
+    /// The configuration behind ``makeClientContext()``, for callers that add to it (e.g. ALPN `h2`).
+    public func makeClientConfiguration() throws -> TLSConfiguration {
         var configuration = TLSConfiguration.makeClientConfiguration()
         configuration.minimumTLSVersion = .tlsv13
         configuration.certificateChain = try sslCertificateChain()
         configuration.privateKey = .privateKey(try sslPrivateKey())
         configuration.trustRoots = .certificates(try sslAnchors())
         configuration.certificateVerification = .fullVerification
-        return try NIOSSLContext(configuration: configuration)
+        return configuration
     }
 
     private func sslCertificateChain() throws -> [NIOSSLCertificateSource] {

@@ -3,6 +3,8 @@ import ApusCore
 import ArgumentParser
 import KubernetesClient
 import Logging
+import Metrics
+import Prometheus
 import ServiceLifecycle
 
 /// `apus-controller`: the control plane's controller-manager.
@@ -32,11 +34,24 @@ struct ApusControllerCommand: AsyncParsableCommand {
     @Option(help: "Trust domain of proxy identities (the last labels of every identity name).")
     var trustDomain = "cluster.local"
 
+    @Option(help: "Port of the admin server: /live, /ready (after the caches synced) and /metrics (Prometheus).")
+    var adminPort = AdminServer.defaultPort
+
     @Option(help: "Cluster DNS domain services' names end in.")
     var clusterDomain = "cluster.local"
 
     @Option(help: "Port of the identity service (Certify API over TLS).")
     var identityPort = 8080
+
+    @Option(
+        help: """
+            Port of the destination service (endpoints and profiles to proxies over HTTP/2 with mutual TLS; every \
+            replica serves it).
+            """)
+    var destinationPort = 8086
+
+    @Option(help: "Extra DNS name for the destination service's serving certificate (repeatable).")
+    var destinationDNSName: [String] = []
 
     @Option(help: "Lifetime of issued proxy certificates, as a Go duration.")
     var identityIssuanceLifetime = "24h"
@@ -79,6 +94,12 @@ struct ApusControllerCommand: AsyncParsableCommand {
             }
         }
         guard (1...65535).contains(identityPort) else { throw ValidationError("--identity-port must be 1-65535") }
+        guard (1...65535).contains(destinationPort) else {
+            throw ValidationError("--destination-port must be 1-65535")
+        }
+        guard Set([destinationPort, identityPort, adminPort]).count == 3 else {
+            throw ValidationError("--admin-port, --identity-port and --destination-port must all differ")
+        }
         guard retryPeriodSeconds > 0, renewDeadlineSeconds > retryPeriodSeconds,
             leaseDurationSeconds > renewDeadlineSeconds
         else {
@@ -98,6 +119,9 @@ struct ApusControllerCommand: AsyncParsableCommand {
             handler.logLevel = level
             return handler
         }
+        // Every component records into one registry, exposed on the admin port.
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let configuration: ClientConfiguration
         do {
             if let kubeconfig {
@@ -119,11 +143,33 @@ struct ApusControllerCommand: AsyncParsableCommand {
         let statuses = try StatusReconcilers(manager: manager, clusterDomain: clusterDomain)
         manager.addLeaderComponent { manager in await statuses.runAsLeader(manager) }
         let identity = try makeIdentityService(client: client, events: manager.events)
+        // Destination: every replica indexes the caches and serves proxies; its serving certificate comes from
+        // the identity CA (a bootstrap certificate nobody trusts until the issuer is loaded).
+        let indexes = try DestinationIndexes(
+            manager: manager,
+            configuration: DestinationConfiguration(
+                controlNamespace: controlNamespace, trustDomain: trustDomain, clusterDomain: clusterDomain))
+        let destination = DestinationServer(
+            indexes: indexes, configuration: DestinationServer.Configuration(port: destinationPort),
+            certificates: ServingCertificates(
+                issuer: identity.issuer,
+                configuration: DestinationServer.servingConfiguration(
+                    controlNamespace: controlNamespace, trustDomain: trustDomain, dnsNames: destinationDNSName),
+                logger: Logger(label: "apus.destination")))
+        let admin = AdminServer(
+            port: adminPort, registry: registry,
+            readiness: {
+                manager.hasSynced ? .ready : .notReady(reason: "informer caches have not synced")
+            })
+        // Started in this order, shut down in reverse: the destination listener closes first, the caches last.
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: [
+                    .init(service: admin, successTerminationBehavior: .gracefullyShutdownGroup),
                     .init(service: manager, successTerminationBehavior: .gracefullyShutdownGroup),
                     .init(service: identity, successTerminationBehavior: .gracefullyShutdownGroup),
+                    .init(service: indexes, successTerminationBehavior: .gracefullyShutdownGroup),
+                    .init(service: destination, successTerminationBehavior: .gracefullyShutdownGroup),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: Logger(label: "apus.controller.lifecycle")))

@@ -1,5 +1,6 @@
 import ApusController
 import ApusCore
+import ApusDestinationClient
 import ApusIdentity
 import ApusIdentityClient
 import ApusX509
@@ -10,7 +11,8 @@ import Testing
 
 /// The shipped binaries as an operator runs them: `apus identity generate` writes the trust material,
 /// `apus-controller` (a real process, kubeconfig file, RBAC-restricted user) serves Certify from it, a proxy-side
-/// client gets a certificate, and SIGTERM shuts the controller down cleanly.
+/// client gets a certificate and with it watches endpoints over mutual TLS, and SIGTERM shuts the controller down
+/// cleanly.
 @Suite struct ControllerProcessTests {
     /// Built products sit next to the test bundle (`.build/<config>/`).
     static func product(_ name: String) -> URL {
@@ -49,8 +51,8 @@ import Testing
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
-    @Test("apus identity generate + apus-controller: a proxy certifies, and SIGTERM stops the controller cleanly")
-    func controllerBinaryServesCertifyAndShutsDownOnSIGTERM() async throws {
+    @Test("apus identity generate + apus-controller: a proxy certifies, watches endpoints over mTLS, SIGTERM stops")
+    func controllerBinaryServesCertifyAndDestinationAndShutsDownOnSIGTERM() async throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("apus-process-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -67,6 +69,7 @@ import Testing
         let fixture = try await ControllerManagerTests.Fixture.start(rules: ControllerManager.requiredPermissions())
         _ = try await fixture.admin.create(Namespace(metadata: ObjectMeta(name: "apus")))
         _ = try await fixture.admin.create(Namespace(metadata: ObjectMeta(name: "default")))
+        _ = try await fixture.admin.create(Namespace(metadata: ObjectMeta(name: "shop")))
         let kubeconfig = folder.appendingPathComponent("kubeconfig")
         try fixture.server.kubeconfig(token: "controller-token").write(
             to: kubeconfig, atomically: true, encoding: .utf8)
@@ -76,11 +79,17 @@ import Testing
         ).write(to: tokenFile, atomically: true, encoding: .utf8)
 
         let port = try Self.freePort()
+        var destinationPort = try Self.freePort()
+        while destinationPort == port { destinationPort = try Self.freePort() }
+        var adminPort = try Self.freePort()
+        while [port, destinationPort].contains(adminPort) { adminPort = try Self.freePort() }
         let controller = Process()
         controller.executableURL = Self.product("apus-controller")
         controller.arguments = [
             "--kubeconfig", kubeconfig.path, "--identity-issuer-directory", folder.appendingPathComponent("id").path,
-            "--identity-port", String(port), "--replica-name", "replica-a", "--log-level", "warning",
+            "--identity-port", String(port), "--destination-port", String(destinationPort),
+            "--admin-port", String(adminPort),
+            "--replica-name", "replica-a", "--log-level", "warning",
         ]
         let log = Pipe()
         controller.standardError = log
@@ -108,6 +117,34 @@ import Testing
             try await fixture.admin.get(Lease.self, name: "apus-controller", namespace: "apus").spec?.holderIdentity
                 == "replica-a"
         }
+
+        // The admin port: ready once the caches synced, and Prometheus metrics of the components that ran.
+        try await eventually { try await AdminHTTPClient.request(.GET, "/ready", port: adminPort).status == .ok }
+        let metrics = try await AdminHTTPClient.request(.GET, "/metrics", port: adminPort).body
+        for series in [
+            "issuer_cert_ttl_seconds", "apus_controller_destination_subscribers", "apus_controller_workqueue_depth",
+        ] {
+            #expect(metrics.contains(series), "\(series) missing from /metrics")
+        }
+
+        // The same identity opens the destination stream: the controller's destination certificate is issued by
+        // the same CA for apus-destination.apus.serviceaccount.identity.apus.cluster.local, which the client checks.
+        _ = try await fixture.admin.create(Fixtures.service(), namespace: "shop")
+        _ = try await fixture.admin.create(Fixtures.pod("web-0", ip: "10.0.0.1"), namespace: "shop")
+        _ = try await fixture.admin.create(
+            DestinationEndToEndTests.slice([("web-0", "10.0.0.1")]), namespace: "shop")
+        let destination = DestinationClient(
+            configuration: .init(
+                host: "127.0.0.1", port: destinationPort, tls: .identity(client), namespace: "default",
+                pod: "web-client-0", initialBackoff: .milliseconds(100), maximumBackoff: .milliseconds(500)))
+        let endpoints = destination.watchEndpoints(authority: "web.shop.svc.cluster.local:80")
+        try await eventually(timeout: .seconds(10)) {
+            DestinationEndToEndTests.endpointKeys(endpoints.latest) == ["10.0.0.1:8080"]
+        }
+        guard case .endpoints(let set)? = endpoints.latest else { throw CancellationError() }
+        #expect(set["10.0.0.1:8080"]?.identity == "web.shop.serviceaccount.identity.apus.cluster.local")
+        endpoints.cancel()
+        await destination.shutdown()
 
         controller.terminate()  // SIGTERM
         try await eventually(timeout: .seconds(15)) { !controller.isRunning }

@@ -1,6 +1,7 @@
 import ApusCore
 import KubernetesClient
 import NIOConcurrencyHelpers
+import ServiceLifecycle
 
 /// The destination indexes fed from a ``ControllerManager``'s informers, each by one writer task.
 ///
@@ -11,7 +12,7 @@ import NIOConcurrencyHelpers
 ///
 /// Handlers only enqueue (an unbounded stream: informer events must not be dropped, and the writer applies
 /// them in microseconds); the writer task applies them in informer order. Construct before the manager runs.
-public final class DestinationIndexes: Sendable {
+public final class DestinationIndexes: ServiceLifecycle.Service, Sendable {
     /// The indexes and the server only read the manager's caches (pods, services, endpointslices,
     /// serviceprofiles, httproutes: list/watch, already in ``ControllerManager/requiredPermissions(options:)``);
     /// they make no API calls of their own.
@@ -40,8 +41,13 @@ public final class DestinationIndexes: Sendable {
         try manager.httpRoutes.addHandler { profileSink.yield(.httpRoute($0)) }
     }
 
-    /// Applies informer changes until cancelled. Run on every replica (every replica serves destinations).
+    /// Applies informer changes until graceful shutdown or cancellation. Run on every replica (every replica
+    /// serves destinations).
     public func run() async {
+        await cancelWhenGracefulShutdown { await self.applyUntilCancelled() }
+    }
+
+    private func applyUntilCancelled() async {
         await withDiscardingTaskGroup { group in
             group.addTask {
                 for await input in self.endpointInputs {

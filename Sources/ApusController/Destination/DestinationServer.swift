@@ -1,5 +1,7 @@
 import ApusCore
 import ApusDestinationClient
+import ApusIdentity
+import ApusX509
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
@@ -8,18 +10,27 @@ import NIOHTTP1
 import NIOHTTP2
 import NIOPosix
 import NIOSSL
+import NIOTLS
 import ServiceLifecycle
 
-/// Serves the destination protocol (``DestinationProtocol``, `docs/destination.md`) over HTTP/2 and TLS.
+/// Serves the destination protocol (``DestinationProtocol``, `docs/destination.md`) over HTTP/2 with mutual TLS.
 ///
 /// Each request is one HTTP/2 stream that subscribes to an index and writes NDJSON frames until either side
 /// goes away:
 ///
 /// ```
-///  proxy ──TLS/h2──► stream ─► parse ?authority&ns&pod ─► index.subscribe(target) ─► latest value
-///                                                        ▲                            │ FrameCache: encoded once
-///               heartbeat every `heartbeatInterval` ─────┴── writes (await = flow control) ◄┘ per target version
+///  proxy ──mTLS/h2──► stream ─► parse ?authority&ns&pod ─► index.subscribe(target) ─► latest value
+///    │                                                   ▲                            │ FrameCache: encoded once
+///    │          heartbeat every `heartbeatInterval` ─────┴── writes (await = flow control) ◄┘ per target version
+///    └─ client certificate → DNS SAN = the proxy's identity (logged, counted per identity in ``Metrics``)
 /// ```
+///
+/// **TLS.** The server presents the certificate of a ``ServingCertificates`` (issued by the identity CA for
+/// `apus-destination.<ns>.serviceaccount.identity.<ns>.<trust-domain>` and renewed by this server's ``run()``;
+/// see ``servingConfiguration(controlNamespace:trustDomain:dnsNames:ipAddresses:)``) and requires a client
+/// certificate chaining to the current trust anchors: a client without one, or with one from another CA, fails
+/// the handshake and is counted in ``Metrics/connectionsRefused``. Each connection takes the context current when
+/// it is accepted.
 ///
 /// Flow control: writes await the stream's writability (HTTP/2 windows), and a subscription holds only the
 /// newest value, so a slow proxy costs one pending value, never a growing buffer; when it catches up it gets
@@ -28,24 +39,33 @@ public final class DestinationServer: ServiceLifecycle.Service, Sendable {
     public struct Configuration: Sendable {
         public var host: String
         public var port: Int
-        /// TLS for the listener; ALPN `h2` is added. The identity issue provides the serving certificate.
-        public var tls: TLSConfiguration
         public var heartbeatInterval: Duration
 
-        public init(
-            host: String = "0.0.0.0", port: Int = 8086, tls: TLSConfiguration,
-            heartbeatInterval: Duration = .seconds(10)
-        ) {
+        public init(host: String = "0.0.0.0", port: Int = 8086, heartbeatInterval: Duration = .seconds(10)) {
             self.host = host
             self.port = port
-            self.tls = tls
             self.heartbeatInterval = heartbeatInterval
         }
+    }
+
+    /// What the destination endpoint's ``ServingCertificates`` must be: the identity proxies verify
+    /// (``DestinationProtocol/serverIdentity(controlNamespace:trustDomain:)``,
+    /// `apus-destination.<ns>.serviceaccount.identity.<ns>.<trust-domain>`) first, client certificates required,
+    /// ALPN `h2`, TLS 1.2 or later.
+    public static func servingConfiguration(
+        controlNamespace: String = "apus", trustDomain: String = "cluster.local", dnsNames: [String] = [],
+        ipAddresses: [String] = []
+    ) -> ServingCertificates.Configuration {
+        ServingCertificates.Configuration(
+            identity: DestinationProtocol.serverIdentity(controlNamespace: controlNamespace, trustDomain: trustDomain),
+            dnsNames: dnsNames, ipAddresses: ipAddresses, clientCertificates: .required, applicationProtocols: ["h2"])
     }
 
     typealias StreamChannel = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
 
     public let configuration: Configuration
+    /// The serving certificate and client verification; renewed by ``run()``, so give each server its own.
+    public let certificates: ServingCertificates
     private let endpoints: EndpointsIndex
     private let profiles: ProfileIndex
     private let destination: DestinationConfiguration
@@ -61,26 +81,37 @@ public final class DestinationServer: ServiceLifecycle.Service, Sendable {
         public var streamsOpened = 0
         public var streamsActive = 0
         public var framesWritten = 0
+        /// Open streams per client identity (the DNS SAN of the proxy's certificate); identities without open
+        /// streams are left out, so the map is bounded by the connected proxies.
+        public var streamsActiveByClient: [String: Int] = [:]
+        /// Connections accepted after the handshake proved a client identity.
+        public var connectionsAccepted = 0
+        /// Connections whose TLS handshake failed (no client certificate, another CA, expired, not TLS at all)
+        /// or whose certificate names no identity.
+        public var connectionsRefused = 0
     }
 
     /// Serves `indexes` once they are ready.
     public convenience init(
-        indexes: DestinationIndexes, configuration: Configuration, logger: Logger = Logger(label: "apus.destination")
+        indexes: DestinationIndexes, configuration: Configuration, certificates: ServingCertificates,
+        logger: Logger = Logger(label: "apus.destination")
     ) {
         self.init(
             endpoints: indexes.endpoints, profiles: indexes.profiles, configuration: configuration,
-            ready: { await indexes.waitUntilReady() }, logger: logger)
+            certificates: certificates, ready: { await indexes.waitUntilReady() }, logger: logger)
     }
 
     /// Serves the given indexes; `ready` is awaited before the port opens.
     public init(
         endpoints: EndpointsIndex, profiles: ProfileIndex, configuration: Configuration,
-        ready: @escaping @Sendable () async -> Void = {}, logger: Logger = Logger(label: "apus.destination")
+        certificates: ServingCertificates, ready: @escaping @Sendable () async -> Void = {},
+        logger: Logger = Logger(label: "apus.destination")
     ) {
         self.endpoints = endpoints
         self.profiles = profiles
         self.destination = endpoints.configuration
         self.configuration = configuration
+        self.certificates = certificates
         self.ready = ready
         self.logger = logger
     }
@@ -99,23 +130,34 @@ public final class DestinationServer: ServiceLifecycle.Service, Sendable {
     }
 
     /// Listens until graceful shutdown or cancellation; open streams are closed on the way out.
+    /// - Throws: when the port cannot be bound or the bootstrap certificate cannot be made.
     public func run() async throws {
+        try await cancelWhenGracefulShutdown { try await self.runUntilCancelled() }
+    }
+
+    private func runUntilCancelled() async throws {
         await ready()
-        var tls = configuration.tls
-        tls.applicationProtocols = ["h2"]
-        let context = try NIOSSLContext(configuration: tls)
+        if Task.isCancelled { return }
+        try certificates.prepare()
+        let certificates = self.certificates
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .bind(host: configuration.host, port: configuration.port) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
-                }.flatMap {
+                channel.eventLoop.makeCompletedFuture { () throws -> ConnectionPeer in
+                    // Each connection takes the context current when it arrives; renewals affect new ones only.
+                    guard let context = certificates.context else { throw ChannelError.ioOnClosedChannel }
+                    let peer = ConnectionPeer()
+                    let pipeline = channel.pipeline.syncOperations
+                    try pipeline.addHandler(NIOSSLServerHandler(context: context))
+                    try pipeline.addHandler(PeerIdentityHandler(peer: peer) { self.refused($0, channel: channel) })
+                    return peer
+                }.flatMap { peer in
                     channel.configureAsyncHTTP2Pipeline(mode: .server) { stream in
                         stream.eventLoop.makeCompletedFuture {
                             try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
                             return try StreamChannel(wrappingChannelSynchronously: stream)
                         }
-                    }
+                    }.map { (peer, $0) }
                 }
             }
         let port = server.channel.localAddress?.port ?? configuration.port
@@ -125,47 +167,80 @@ public final class DestinationServer: ServiceLifecycle.Service, Sendable {
             return bound.waiters
         }
         for waiter in waiters { waiter.resume(returning: port) }
-        logger.info("destination server listening", metadata: ["port": "\(port)"])
+        logger.info(
+            "destination server listening",
+            metadata: ["port": "\(port)", "identity": "\(certificates.configuration.identity)"])
 
-        await cancelWhenGracefulShutdown {
-            await withDiscardingTaskGroup { group in
-                do {
-                    try await server.executeThenClose { connections in
-                        for try await connection in connections {
-                            group.addTask { await self.serve(connection) }
-                        }
+        await withDiscardingTaskGroup { group in
+            group.addTask { await certificates.run() }
+            do {
+                try await server.executeThenClose { connections in
+                    for try await (peer, connection) in connections {
+                        group.addTask { await self.serve(connection, peer: peer) }
                     }
-                } catch {
-                    self.logger.debug("listener closed", metadata: ["error": "\(error)"])
                 }
-                group.cancelAll()
+            } catch {
+                self.logger.debug("listener closed", metadata: ["error": "\(error)"])
             }
+            group.cancelAll()
         }
+        logger.info("destination server stopped")
     }
 
-    private func serve(_ connection: NIOHTTP2Handler.AsyncStreamMultiplexer<StreamChannel>) async {
+    private func refused(_ reason: String, channel: Channel) {
+        metrics.withLockedValue { $0.connectionsRefused += 1 }
+        logger.notice(
+            "destination connection refused",
+            metadata: ["remote": "\(channel.remoteAddress.map { "\($0)" } ?? "unknown")", "reason": "\(reason)"])
+    }
+
+    private func serve(_ connection: NIOHTTP2Handler.AsyncStreamMultiplexer<StreamChannel>, peer: ConnectionPeer)
+        async
+    {
+        var client: String?
         await withDiscardingTaskGroup { group in
             do {
                 for try await stream in connection.inbound {
-                    group.addTask { await self.serve(stream) }
+                    // Streams only arrive after the handshake, which recorded the identity.
+                    guard let identity = client ?? peer.identity else {
+                        stream.channel.close(promise: nil)
+                        continue
+                    }
+                    if client == nil {
+                        client = identity
+                        metrics.withLockedValue { $0.connectionsAccepted += 1 }
+                        logger.info("proxy connected", metadata: ["client": "\(identity)"])
+                    }
+                    group.addTask { await self.serve(stream, client: identity) }
                 }
             } catch {
-                logger.debug("connection ended", metadata: ["error": "\(error)"])
+                logger.debug(
+                    "connection ended", metadata: ["client": "\(client ?? "unidentified")", "error": "\(error)"])
             }
             group.cancelAll()
         }
     }
 
-    private func serve(_ stream: StreamChannel) async {
+    private func serve(_ stream: StreamChannel, client: String) async {
         metrics.withLockedValue {
             $0.streamsOpened += 1
             $0.streamsActive += 1
+            $0.streamsActiveByClient[client, default: 0] += 1
         }
-        defer { metrics.withLockedValue { $0.streamsActive -= 1 } }
+        defer {
+            metrics.withLockedValue { metrics in
+                metrics.streamsActive -= 1
+                let left = metrics.streamsActiveByClient[client, default: 1] - 1
+                metrics.streamsActiveByClient[client] = left > 0 ? left : nil
+            }
+        }
+        var logger = self.logger
+        logger[metadataKey: "client"] = "\(client)"
         do {
             try await stream.executeThenClose { inbound, outbound in
                 var requests = inbound.makeAsyncIterator()
                 guard case .head(let head) = try await requests.next() else { return }
+                logger[metadataKey: "request"] = "\(head.uri)"
                 let parsed = Result { () throws(Request.Failure) -> Request in
                     try Request(uri: head.uri, method: head.method, configuration: destination)
                 }
@@ -173,9 +248,11 @@ public final class DestinationServer: ServiceLifecycle.Service, Sendable {
                 switch parsed {
                 case .success(let value): request = value
                 case .failure(let failure):
+                    logger.debug("destination request refused", metadata: ["reason": "\(failure.message)"])
                     try await Self.respond(outbound, status: failure.status, message: failure.message)
                     return
                 }
+                logger.debug("destination stream opened")
                 var headers = HTTPHeaders()
                 headers.add(name: "content-type", value: DestinationProtocol.contentType)
                 headers.add(name: "apus-destination-version", value: DestinationProtocol.version)
@@ -254,6 +331,74 @@ public final class DestinationServer: ServiceLifecycle.Service, Sendable {
         try await outbound.write(.head(HTTPResponseHead(version: .http2, status: status, headers: headers)))
         try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body))))
         try await outbound.write(.end(nil))
+    }
+}
+
+/// The identity a connection's client proved in the TLS handshake; written once on its event loop, read by
+/// the connection's task when streams arrive.
+final class ConnectionPeer: Sendable {
+    private let box = NIOLockedValueBox<String?>(nil)
+
+    var identity: String? { box.withLockedValue { $0 } }
+
+    func identify(_ identity: String) { box.withLockedValue { $0 = identity } }
+}
+
+/// Sits behind the TLS handler: on a completed handshake records the client certificate's first DNS SAN as the
+/// connection's identity; a failed handshake, or a certificate that names no identity, is reported and closes
+/// the connection before any HTTP/2 frame is read.
+final class PeerIdentityHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    private let peer: ConnectionPeer
+    private let onRefused: (String) -> Void
+    private var handshakeDone = false
+
+    init(peer: ConnectionPeer, onRefused: @escaping (String) -> Void) {
+        self.peer = peer
+        self.onRefused = onRefused
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted? = event as? TLSUserEvent, !handshakeDone {
+            handshakeDone = true
+            switch Self.identity(of: try? context.pipeline.syncOperations.nioSSL_peerCertificate()) {
+            case .success(let identity):
+                peer.identify(identity)
+            case .failure(let reason):
+                onRefused(reason.message)
+                context.close(promise: nil)
+                return
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if !handshakeDone {
+            handshakeDone = true
+            onRefused("TLS handshake failed: \(error)")
+        }
+        context.fireErrorCaught(error)
+    }
+
+    struct Refusal: Error {
+        var message: String
+    }
+
+    /// The first DNS SAN of the client certificate (the handshake already verified its chain).
+    static func identity(of certificate: NIOSSLCertificate?) -> Result<String, Refusal> {
+        guard let certificate else { return .failure(Refusal(message: "the client presented no certificate")) }
+        let names: [String]
+        do {
+            names = try Certificate(der: try certificate.toDERBytes()).dnsNames
+        } catch {
+            return .failure(Refusal(message: "the client certificate does not parse: \(error)"))
+        }
+        guard let identity = names.first else {
+            return .failure(Refusal(message: "the client certificate names no identity (no DNS SAN)"))
+        }
+        return .success(identity)
     }
 }
 

@@ -2,6 +2,7 @@ import ApusCore
 import ApusDestinationClient
 import Foundation
 import KubernetesClient
+import Metrics
 import NIOConcurrencyHelpers
 
 /// Settings shared by the destination indexes and server.
@@ -78,23 +79,34 @@ public final class EndpointsIndex: Sendable {
         var servicesByClusterIP: [String: ObjectKey] = [:]
         /// Which subscribed targets currently contain a pod, so a pod change recomputes only those.
         var targetsByPod: [ObjectKey: Set<EndpointTarget>] = [:]
+        /// The inverse of `targetsByPod`, so re-tracking one target costs its own pods, not every tracked pod.
+        var podsByTarget: [EndpointTarget: Set<ObjectKey>] = [:]
     }
 
     public let configuration: DestinationConfiguration
     private let state = NIOLockedValueBox(State())
     private let publisher: TopicPublisher<EndpointTarget, Resolution>
 
-    public init(configuration: DestinationConfiguration = DestinationConfiguration()) {
+    /// - Parameter metricsFactory: where the `index="endpoints"` publisher metrics go
+    ///   (``DestinationPublisherMetrics``); the process's bootstrapped backend unless a test injects one.
+    public init(
+        configuration: DestinationConfiguration = DestinationConfiguration(),
+        metricsFactory: (any MetricsFactory)? = nil
+    ) {
         self.configuration = configuration
         let state = self.state
-        self.publisher = TopicPublisher(onIdle: { target in
-            state.withLockedValue { state in
-                for pod in Array(state.targetsByPod.keys) {
-                    state.targetsByPod[pod]?.remove(target)
-                    if state.targetsByPod[pod]?.isEmpty == true { state.targetsByPod[pod] = nil }
+        let metrics = DestinationPublisherMetrics(
+            index: "endpoints", factory: metricsFactory ?? MetricsSystem.factory)
+        self.publisher = TopicPublisher(
+            metrics: metrics,
+            onIdle: { target in
+                state.withLockedValue { state in
+                    for pod in state.podsByTarget.removeValue(forKey: target) ?? [] {
+                        state.targetsByPod[pod]?.remove(target)
+                        if state.targetsByPod[pod]?.isEmpty == true { state.targetsByPod[pod] = nil }
+                    }
                 }
-            }
-        })
+            })
     }
 
     /// Subscribes to `target`: the stream starts with the current resolution and then carries every change
@@ -199,11 +211,13 @@ public final class EndpointsIndex: Sendable {
     private func resolveAndTrack(_ target: EndpointTarget) -> Resolution {
         state.withLockedValue { state in
             let (resolution, pods) = Self.resolve(target, in: state, configuration: configuration)
-            for pod in Array(state.targetsByPod.keys) where !pods.contains(pod) {
+            let previous = state.podsByTarget[target] ?? []
+            for pod in previous where !pods.contains(pod) {
                 state.targetsByPod[pod]?.remove(target)
                 if state.targetsByPod[pod]?.isEmpty == true { state.targetsByPod[pod] = nil }
             }
-            for pod in pods { state.targetsByPod[pod, default: []].insert(target) }
+            for pod in pods where !previous.contains(pod) { state.targetsByPod[pod, default: []].insert(target) }
+            state.podsByTarget[target] = pods.isEmpty ? nil : pods
             return resolution
         }
     }

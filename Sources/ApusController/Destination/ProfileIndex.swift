@@ -1,6 +1,7 @@
 import ApusCore
 import ApusDestinationClient
 import KubernetesClient
+import Metrics
 import NIOConcurrencyHelpers
 
 /// What a `GetProfile` stream watches: a destination FQDN and port, as seen from a client namespace (a profile
@@ -56,10 +57,17 @@ public final class ProfileIndex: Sendable {
 
     public let configuration: DestinationConfiguration
     private let state = NIOLockedValueBox(State())
-    private let publisher = TopicPublisher<ProfileTarget, DestinationProfile>()
+    private let publisher: TopicPublisher<ProfileTarget, DestinationProfile>
 
-    public init(configuration: DestinationConfiguration = DestinationConfiguration()) {
+    /// - Parameter metricsFactory: where the `index="profiles"` publisher metrics go
+    ///   (``DestinationPublisherMetrics``); the process's bootstrapped backend unless a test injects one.
+    public init(
+        configuration: DestinationConfiguration = DestinationConfiguration(),
+        metricsFactory: (any MetricsFactory)? = nil
+    ) {
         self.configuration = configuration
+        self.publisher = TopicPublisher(
+            metrics: DestinationPublisherMetrics(index: "profiles", factory: metricsFactory ?? MetricsSystem.factory))
     }
 
     public func subscribe(_ target: ProfileTarget) -> AsyncStream<Versioned<DestinationProfile>> {

@@ -1,3 +1,4 @@
+import Metrics
 import NIOConcurrencyHelpers
 
 /// A value published for one target, numbered so subscribers and frames can tell newer from older.
@@ -5,6 +6,36 @@ public struct Versioned<Value: Sendable>: Sendable {
     /// Strictly increasing per target, starting at 1.
     public let version: UInt64
     public let value: Value
+}
+
+/// The metric objects of one index's publisher, created once per index (publishing only touches atomics).
+///
+/// - `apus_controller_destination_subscribers{index}` (gauge): open subscriptions (`Get` / `GetProfile`
+///   streams, one per proxy and target).
+/// - `apus_controller_destination_targets{index}` (gauge): distinct targets with at least one subscriber (the
+///   configurations the index keeps computed).
+/// - `apus_controller_destination_changes_total{index}` (counter): new values published for a target.
+/// - `apus_controller_destination_updates_total{index}` (counter): values handed to subscribers, i.e. changes ×
+///   subscribers of the target plus each subscription's first value (what Linkerd's `endpoints_updates` and
+///   `profile_updates` count, summed over targets).
+///
+/// `index` is `endpoints` or `profiles`. Linkerd's per-target `endpoints_subscribers{namespace,service,port}`
+/// series are not exported: one series per Service port is too many for a 10,000-service cluster's scrape.
+struct DestinationPublisherMetrics: Sendable {
+    let subscribers: Gauge
+    let targets: Gauge
+    let changes: Counter
+    let updates: Counter
+
+    init(index: String, factory: any MetricsFactory) {
+        let dimensions = [("index", index)]
+        subscribers = Gauge(label: "apus_controller_destination_subscribers", dimensions: dimensions, factory: factory)
+        targets = Gauge(label: "apus_controller_destination_targets", dimensions: dimensions, factory: factory)
+        changes = Counter(
+            label: "apus_controller_destination_changes_total", dimensions: dimensions, factory: factory)
+        updates = Counter(
+            label: "apus_controller_destination_updates_total", dimensions: dimensions, factory: factory)
+    }
 }
 
 /// Latest-value fan-out per target, the publishing half of every destination index.
@@ -25,14 +56,17 @@ final class TopicPublisher<Key: Hashable & Sendable, Value: Sendable>: Sendable 
     private struct State {
         var topics: [Key: Topic] = [:]
         var nextSubscriber: UInt64 = 0
+        var subscriberCount = 0
     }
 
     private let state = NIOLockedValueBox(State())
     /// Called (outside the lock) when the last subscriber of a key goes away, so the index can drop its
     /// per-target state.
     private let onIdle: @Sendable (Key) -> Void
+    private let metrics: DestinationPublisherMetrics
 
-    init(onIdle: @escaping @Sendable (Key) -> Void = { _ in }) {
+    init(metrics: DestinationPublisherMetrics, onIdle: @escaping @Sendable (Key) -> Void = { _ in }) {
+        self.metrics = metrics
         self.onIdle = onIdle
     }
 
@@ -48,7 +82,13 @@ final class TopicPublisher<Key: Hashable & Sendable, Value: Sendable>: Sendable 
             if topic.latest == nil { topic.latest = Versioned(version: 1, value: initial()) }
             topic.subscribers[id] = continuation
             state.topics[key] = topic
-            if let latest = topic.latest { continuation.yield(latest) }
+            state.subscriberCount += 1
+            metrics.subscribers.record(state.subscriberCount)
+            metrics.targets.record(state.topics.count)
+            if let latest = topic.latest {
+                continuation.yield(latest)
+                metrics.updates.increment()
+            }
             return id
         }
         continuation.onTermination = { [weak self] _ in self?.unsubscribe(key, id: id) }
@@ -57,9 +97,12 @@ final class TopicPublisher<Key: Hashable & Sendable, Value: Sendable>: Sendable 
 
     private func unsubscribe(_ key: Key, id: UInt64) {
         let idle = state.withLockedValue { state -> Bool in
-            state.topics[key]?.subscribers[id] = nil
+            guard state.topics[key]?.subscribers.removeValue(forKey: id) != nil else { return false }
+            state.subscriberCount -= 1
+            metrics.subscribers.record(state.subscriberCount)
             guard state.topics[key]?.subscribers.isEmpty == true else { return false }
             state.topics[key] = nil
+            metrics.targets.record(state.topics.count)
             return true
         }
         if idle { onIdle(key) }
@@ -75,6 +118,8 @@ final class TopicPublisher<Key: Hashable & Sendable, Value: Sendable>: Sendable 
             topic.latest = next
             for continuation in topic.subscribers.values { continuation.yield(next) }
             state.topics[key] = topic
+            metrics.changes.increment()
+            metrics.updates.increment(by: Int64(topic.subscribers.count))
             return next.version
         }
     }
@@ -85,7 +130,7 @@ final class TopicPublisher<Key: Hashable & Sendable, Value: Sendable>: Sendable 
     /// Keys with at least one subscriber.
     var keys: [Key] { state.withLockedValue { Array($0.topics.keys) } }
 
-    var subscriberCount: Int { state.withLockedValue { $0.topics.values.reduce(0) { $0 + $1.subscribers.count } } }
+    var subscriberCount: Int { state.withLockedValue { $0.subscriberCount } }
 
     /// Ends every stream (server shutdown).
     func finishAll() {

@@ -49,17 +49,10 @@ public final class IdentityService: ServiceLifecycle.Service {
     private let validator: any TokenValidator
     private let events: EventRecorder?
     private let group: any EventLoopGroup
-    private let serving = NIOLockedValueBox(ServingState())
+    /// The Certify endpoint's serving certificate (issued from ``issuer`` or provided), for new connections.
+    public let serving: ServingCertificates
     private let listening = NIOLockedValueBox(ListeningState.pending([]))
     let logger: Logger
-
-    struct ServingState {
-        var context: NIOSSLContext?
-        var certificate: Certificate?
-        var renewAt = Date.distantFuture
-        /// ``IdentityIssuer/generation`` of the issuer that signed ``certificate``.
-        var issuerGeneration = -1
-    }
 
     enum ListeningState {
         case pending([CheckedContinuation<Int, any Error>])
@@ -85,18 +78,20 @@ public final class IdentityService: ServiceLifecycle.Service {
         self.events = events
         self.group = group
         self.logger = logger
-        self.issuer =
+        let issuer =
             issuer
             ?? IdentityIssuer(
                 leafLifetime: options.leafLifetime, clockSkew: options.clockSkew, metricsFactory: metricsFactory,
                 logger: logger)
+        self.issuer = issuer
+        self.serving = ServingCertificates(issuer: issuer, configuration: options.servingConfiguration, logger: logger)
     }
 
     /// The identity proxies expect of this service's serving certificate.
     public var serverIdentity: IdentityName { options.serverIdentity }
 
     /// The certificate new connections are served with (nil before ``run()`` prepared one).
-    public var servingCertificate: Certificate? { serving.withLockedValue { $0.certificate } }
+    public var servingCertificate: Certificate? { serving.certificate }
 
     /// The port once the service listens (useful with port 0).
     /// - Throws: the bind error when listening failed.
@@ -170,7 +165,7 @@ public final class IdentityService: ServiceLifecycle.Service {
     private func runUntilCancelled() async throws {
         let serverChannel: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>
         do {
-            try prepareInitialServingContext()
+            try serving.prepare()
             serverChannel = try await bind()
         } catch {
             setListening(.failure(error))
@@ -185,9 +180,7 @@ public final class IdentityService: ServiceLifecycle.Service {
             if let source {
                 group.addTask { await source.run(issuer: self.issuer) }
             }
-            if case .issued = options.servingCertificate {
-                group.addTask { await self.keepServingCertificateFresh() }
-            }
+            group.addTask { await self.serving.run() }
             group.addTask { await self.refreshGaugePeriodically() }
             do {
                 try await serverChannel.executeThenClose { inbound in
@@ -219,7 +212,7 @@ public final class IdentityService: ServiceLifecycle.Service {
             .bind(host: options.host, port: options.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // Each connection takes the context current when it arrives; renewals affect new ones only.
-                    guard let context = serving.withLockedValue({ $0.context }) else {
+                    guard let context = serving.context else {
                         throw ChannelError.ioOnClosedChannel
                     }
                     let pipeline = channel.pipeline.syncOperations
@@ -237,99 +230,6 @@ public final class IdentityService: ServiceLifecycle.Service {
         while !Task.isCancelled {
             issuer.refreshGauge()
             do { try await Task.sleep(for: options.gaugeInterval) } catch { return }
-        }
-    }
-
-    // MARK: - Serving certificate
-
-    /// A provided certificate, or the CA's when an issuer is already loaded, or a self-signed bootstrap one.
-    private func prepareInitialServingContext() throws {
-        switch options.servingCertificate {
-        case .provided(let chainPEM, let keyPEM):
-            let chain = try NIOSSLCertificate.fromPEMBytes(Array(chainPEM.utf8))
-            let key = try NIOSSLPrivateKey(bytes: Array(keyPEM.utf8), format: .pem)
-            let certificate = try Certificate.parseChain(pem: chainPEM).first
-            let context = try Self.serverContext(chain: chain, key: key)
-            serving.withLockedValue { $0 = ServingState(context: context, certificate: certificate) }
-        case .issued:
-            if issuer.isReady, renewServingCertificate(reason: "startup") { return }
-            let key = try PrivateKey.generateP256()
-            var builder = CertificateBuilder(
-                commonName: "apus-identity bootstrap (issuer not ready)", publicKey: try key.publicKey,
-                validity: 365 * 86400)
-            builder.dnsNames = [serverIdentity.description]
-            builder.extendedKeyUsage = [.serverAuth]
-            let certificate = try builder.selfSigned(with: key)
-            let context = try Self.serverContext(
-                chain: [try NIOSSLCertificate(bytes: try certificate.der, format: .der)],
-                key: try NIOSSLPrivateKey(bytes: Array(try key.pemPKCS8.utf8), format: .pem))
-            serving.withLockedValue { state in
-                // A renewal may have won the race with a freshly loaded issuer; keep its certificate.
-                if state.context == nil { state = ServingState(context: context, certificate: nil) }
-            }
-        }
-    }
-
-    private static func serverContext(chain: [NIOSSLCertificate], key: NIOSSLPrivateKey) throws -> NIOSSLContext {
-        var configuration = TLSConfiguration.makeServerConfiguration(
-            certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
-        configuration.minimumTLSVersion = .tlsv12
-        // Proxies asking for their first certificate have none to present.
-        configuration.certificateVerification = .none
-        return try NIOSSLContext(configuration: configuration)
-    }
-
-    /// Issues a new serving certificate from the current issuer and switches new connections to it.
-    @discardableResult
-    private func renewServingCertificate(reason: String) -> Bool {
-        do {
-            let generation = issuer.generation
-            let authority = try issuer.authority()
-            let issued = try authority.issueServingCertificate(
-                dnsNames: [serverIdentity.description] + options.servingDNSNames,
-                ipAddresses: options.servingIPAddresses, lifetime: options.servingLifetime)
-            let context = try Self.serverContext(
-                chain: try NIOSSLCertificate.fromPEMBytes(Array(issued.certificateChainPEM.utf8)),
-                key: try NIOSSLPrivateKey(bytes: Array(try issued.privateKeyPEM.utf8), format: .pem))
-            let lifetime = issued.notAfter.timeIntervalSince(issued.certificate.notBefore)
-            let renewAt = issued.certificate.notBefore.addingTimeInterval(
-                lifetime * min(max(options.servingRenewalFraction, 0.1), 0.95))
-            serving.withLockedValue {
-                $0 = ServingState(
-                    context: context, certificate: issued.certificate, renewAt: renewAt, issuerGeneration: generation)
-            }
-            logger.info(
-                "serving certificate issued",
-                metadata: ["reason": "\(reason)", "certificate": "\(issued)", "renewAt": "\(renewAt)"])
-            return true
-        } catch {
-            logger.error("could not issue the serving certificate", metadata: ["error": "\(error)"])
-            return false
-        }
-    }
-
-    /// Renews the issued serving certificate whenever the issuer changes and when it is due; a failed renewal is
-    /// retried after a short delay while the old certificate keeps serving.
-    private func keepServingCertificateFresh() async {
-        await withDiscardingTaskGroup { group in
-            group.addTask {
-                for await _ in self.issuer.updates() {
-                    let signedBy = self.serving.withLockedValue { $0.issuerGeneration }
-                    guard self.issuer.generation != signedBy else { continue }
-                    self.renewServingCertificate(reason: "issuer changed")
-                }
-            }
-            group.addTask {
-                while !Task.isCancelled {
-                    let renewAt = self.serving.withLockedValue { $0.renewAt }
-                    let wait = min(max(renewAt.timeIntervalSinceNow, 0.05), 60)
-                    do { try await Task.sleep(for: .seconds(wait)) } catch { return }
-                    let due = self.serving.withLockedValue { $0.renewAt } <= Date()
-                    if due, self.issuer.isReady, !self.renewServingCertificate(reason: "due") {
-                        self.serving.withLockedValue { $0.renewAt = Date().addingTimeInterval(5) }
-                    }
-                }
-            }
         }
     }
 }

@@ -66,6 +66,18 @@ public struct IdentityServiceOptions: Sendable {
         self.gaugeInterval = gaugeInterval
     }
 
+    /// The Certify endpoint's TLS: no client certificates (proxies asking for their first have none).
+    public var servingConfiguration: ServingCertificates.Configuration {
+        let source: ServingCertificates.Source =
+            switch servingCertificate {
+            case .issued: .issued
+            case .provided(let chain, let key): .provided(certificateChainPEM: chain, privateKeyPEM: key)
+            }
+        return ServingCertificates.Configuration(
+            identity: serverIdentity, source: source, dnsNames: servingDNSNames, ipAddresses: servingIPAddresses,
+            lifetime: servingLifetime, renewalFraction: servingRenewalFraction, clientCertificates: .notRequested)
+    }
+
     /// The identity the controller's serving certificate names and proxies expect.
     public var serverIdentity: IdentityName {
         IdentityName(

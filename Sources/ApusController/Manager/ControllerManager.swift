@@ -97,6 +97,12 @@ public final class ControllerManager: ServiceLifecycle.Service {
         leaderComponents.withLockedValue { $0.append(component) }
     }
 
+    /// Whether every cache holds its first full list (readiness; never blocks).
+    public var hasSynced: Bool {
+        pods.hasSynced && services.hasSynced && endpointSlices.hasSynced && namespaces.hasSynced
+            && serviceProfiles.hasSynced && httpRoutes.hasSynced
+    }
+
     /// Waits until every cache holds its first full list.
     public func waitUntilSynced() async {
         await pods.waitUntilSynced()

@@ -1,5 +1,6 @@
 import ApusCore
 import Logging
+import Metrics
 
 /// What a reconcile asks of the queue.
 public enum ReconcileResult: Sendable, Hashable {
@@ -88,15 +89,22 @@ public final class Controller<Rec: Reconciler>: Sendable {
     public let queue: WorkQueue<ObjectKey>
     public let workers: Int
     private let logger: Logger
+    private let metrics: ReconcileMetrics
 
+    /// - Parameters:
+    ///   - queue: defaults to a queue named after the controller (its metrics carry `name="<name>"`).
+    ///   - metricsFactory: where reconcile and queue metrics go; the process's bootstrapped backend unless a test
+    ///     injects one. See ``ReconcileMetrics`` and ``WorkQueueMetrics`` for the names.
     public init(
-        name: String, reconciler: Rec, workers: Int = 2, queue: WorkQueue<ObjectKey> = WorkQueue(),
-        logger: Logger = Logger(label: "apus.controller")
+        name: String, reconciler: Rec, workers: Int = 2, queue: WorkQueue<ObjectKey>? = nil,
+        logger: Logger = Logger(label: "apus.controller"), metricsFactory: (any MetricsFactory)? = nil
     ) {
+        let factory = metricsFactory ?? MetricsSystem.factory
         self.name = name
         self.reconciler = reconciler
         self.workers = max(1, workers)
-        self.queue = queue
+        self.queue = queue ?? WorkQueue(name: name, metricsFactory: factory)
+        self.metrics = ReconcileMetrics(controller: name, factory: factory)
         var logger = logger
         logger[metadataKey: "controller"] = "\(name)"
         self.logger = logger
@@ -135,12 +143,14 @@ public final class Controller<Rec: Reconciler>: Sendable {
     private func work() async {
         while let key = await queue.next() {
             let result: Result<ReconcileResult, any Error>
+            let started = ContinuousClock.now
             do {
                 result = .success(try await reconciler.reconcile(key))
             } catch {
                 result = .failure(error)
             }
             let action = QueueAction.forResult(result)
+            metrics.record(action, duration: started.duration(to: .now))
             switch (action, result) {
             case (.drop, .failure(let error)):
                 logger.error("reconcile failed permanently", metadata: ["key": "\(key)", "error": "\(error)"])

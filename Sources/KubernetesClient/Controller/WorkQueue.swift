@@ -1,4 +1,5 @@
 import DequeModule
+import Metrics
 
 /// Per-key exponential retry delays: `base × 2^(failures-1)`, capped at `maximum` (client-go's
 /// `ItemExponentialFailureRateLimiter`, defaults 5 ms … 1000 s).
@@ -42,6 +43,7 @@ public struct ExponentialFailureRateLimiter<Key: Hashable & Sendable>: Sendable 
 ///   again when the first worker calls ``done(_:)``.
 /// - ``addRateLimited(_:)`` re-adds after a per-key exponential delay; ``forget(_:)`` resets it.
 /// - After ``shutDown()`` adds are ignored and ``next()`` returns `nil` to every worker.
+/// - It reports its depth, adds, retries and how long keys wait (``WorkQueueMetrics``, labelled with `name`).
 ///
 /// ```swift
 /// let queue = WorkQueue<ObjectKey>()
@@ -52,7 +54,8 @@ public struct ExponentialFailureRateLimiter<Key: Hashable & Sendable>: Sendable 
 /// }
 /// ```
 public actor WorkQueue<Key: Hashable & Sendable> {
-    private var queue = Deque<Key>()
+    /// Queued keys with the time they were queued (for the queue-latency metric).
+    private var queue = Deque<(key: Key, queuedAt: ContinuousClock.Instant)>()
     /// Keys that need processing: queued ones, and processing ones re-added meanwhile.
     private var dirty = Set<Key>()
     private var processing = Set<Key>()
@@ -61,9 +64,17 @@ public actor WorkQueue<Key: Hashable & Sendable> {
     private var nextWaiterID = 0
     private var rateLimiter: ExponentialFailureRateLimiter<Key>
     private var shuttingDown = false
+    private let metrics: WorkQueueMetrics
 
-    public init(rateLimiter: ExponentialFailureRateLimiter<Key> = ExponentialFailureRateLimiter()) {
+    /// - Parameters:
+    ///   - name: the `name` label of the queue's metrics (a controller passes its own name).
+    ///   - metricsFactory: where the metrics go; the process's bootstrapped backend unless a test injects one.
+    public init(
+        name: String = "default", rateLimiter: ExponentialFailureRateLimiter<Key> = ExponentialFailureRateLimiter(),
+        metricsFactory: (any MetricsFactory)? = nil
+    ) {
         self.rateLimiter = rateLimiter
+        self.metrics = WorkQueueMetrics(name: name, factory: metricsFactory ?? MetricsSystem.factory)
     }
 
     /// Queues `key` unless it is already waiting.
@@ -93,6 +104,7 @@ public actor WorkQueue<Key: Hashable & Sendable> {
     /// Queues `key` after its next exponential backoff delay.
     public func addRateLimited(_ key: Key) {
         guard !shuttingDown else { return }
+        metrics.retries.increment()
         add(key, after: rateLimiter.when(key))
     }
 
@@ -139,6 +151,7 @@ public actor WorkQueue<Key: Hashable & Sendable> {
         for (_, entry) in delayed { entry.task.cancel() }
         delayed.removeAll()
         queue.removeAll()
+        metrics.depth.record(0)
         dirty.removeAll()
         while let waiter = waiters.popFirst() { waiter.continuation.resume(returning: nil) }
     }
@@ -152,19 +165,24 @@ public actor WorkQueue<Key: Hashable & Sendable> {
     public var delayedCount: Int { delayed.count }
 
     private func enqueue(_ key: Key) {
+        metrics.adds.increment()
         if let waiter = waiters.popFirst() {
             dirty.remove(key)
             processing.insert(key)
+            metrics.queueDuration.recordNanoseconds(0)
             waiter.continuation.resume(returning: key)
         } else {
-            queue.append(key)
+            queue.append((key, .now))
+            metrics.depth.record(queue.count)
         }
     }
 
     private func take() -> Key? {
-        guard let key = queue.popFirst() else { return nil }
+        guard let (key, queuedAt) = queue.popFirst() else { return nil }
         dirty.remove(key)
         processing.insert(key)
+        metrics.depth.record(queue.count)
+        metrics.queueDuration.recordNanoseconds(queuedAt.duration(to: .now).metricNanoseconds)
         return key
     }
 

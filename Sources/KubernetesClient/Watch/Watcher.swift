@@ -1,5 +1,6 @@
 import ApusCore
 import Logging
+import Metrics
 
 /// What a ``Watcher`` reports. A (re)list is bracketed by ``initStart`` and ``initDone`` so a store can
 /// replace its contents atomically and find objects deleted while the watch was down.
@@ -29,12 +30,16 @@ public struct WatcherConfiguration: Sendable {
     /// Receives failures the watcher recovers from (per-object decode errors with their field path, failed
     /// lists and watches, 410 relists). Defaults to logging.
     public var onError: (@Sendable (KubernetesError) -> Void)?
+    /// Where `apus_controller_watch_restarts_total` and `apus_controller_watch_relists_total` (label `kind`) go;
+    /// nil means the process's bootstrapped backend (`MetricsSystem.factory`) at the time iteration starts.
+    public var metricsFactory: (any MetricsFactory)?
 
     public init(
         labelSelector: String? = nil, fieldSelector: String? = nil, pageSize: Int = 500,
         watchTimeoutSeconds: Int = 290, backoff: ExponentialBackoff = ExponentialBackoff(),
-        onError: (@Sendable (KubernetesError) -> Void)? = nil
+        onError: (@Sendable (KubernetesError) -> Void)? = nil, metricsFactory: (any MetricsFactory)? = nil
     ) {
+        self.metricsFactory = metricsFactory
         self.labelSelector = labelSelector
         self.fieldSelector = fieldSelector
         self.pageSize = pageSize
@@ -106,6 +111,9 @@ public struct Watcher<R: KubernetesResource>: AsyncSequence, Sendable {
         private var backoff: ExponentialBackoff
         private var listed: [R] = []
         private var listedIndex = 0
+        private let metrics: WatchMetrics
+        /// Whether a list was started before; every later one is a relist.
+        private var hasListed = false
 
         init(client: KubernetesClient, namespace: String?, configuration: WatcherConfiguration) {
             self.client = client
@@ -114,6 +122,7 @@ public struct Watcher<R: KubernetesResource>: AsyncSequence, Sendable {
             self.backoff = configuration.backoff
             let logger = client.logger
             let kind = R.resourceType.kind
+            self.metrics = WatchMetrics(kind: kind, factory: configuration.metricsFactory ?? MetricsSystem.factory)
             self.reportError =
                 configuration.onError ?? { error in
                     logger.warning("watcher error", metadata: ["kind": "\(kind)", "error": "\(error)"])
@@ -128,6 +137,8 @@ public struct Watcher<R: KubernetesResource>: AsyncSequence, Sendable {
             while !Task.isCancelled {
                 switch state {
                 case .relist:
+                    if hasListed { metrics.relists.increment() }
+                    hasListed = true
                     listed.removeAll(keepingCapacity: true)
                     listedIndex = 0
                     state = .listing(continueToken: nil)
@@ -187,6 +198,7 @@ public struct Watcher<R: KubernetesResource>: AsyncSequence, Sendable {
                             state = .relist
                             continue
                         }
+                        metrics.restarts.increment()
                         guard await pause(after: error) else { return nil }
                     } catch {
                         return nil
@@ -201,12 +213,14 @@ public struct Watcher<R: KubernetesResource>: AsyncSequence, Sendable {
                         event = try await iterator.next()
                     } catch let error as KubernetesError {
                         reportError(error)
+                        metrics.restarts.increment()
                         guard await pause(after: error) else { return nil }
                         continue
                     } catch {
                         return nil
                     }
                     guard let event else {
+                        metrics.restarts.increment()
                         // A stream that closes at once without events (a server refusing watches quietly)
                         // must not turn into a tight reconnect loop.
                         if events == 0, openedAt.duration(to: .now) < .seconds(1) {
@@ -236,6 +250,7 @@ public struct Watcher<R: KubernetesResource>: AsyncSequence, Sendable {
                             state = .relist
                         } else {
                             state = .startWatch(resourceVersion: resourceVersion)
+                            metrics.restarts.increment()
                             guard await pause(after: error) else { return nil }
                         }
                     }
