@@ -22,7 +22,7 @@ struct ApusControllerCommand: AsyncParsableCommand {
     @Option(help: "kubeconfig context to use instead of current-context.")
     var context: String?
 
-    @Option(help: "Namespace the control plane runs in.")
+    @Option(name: .customLong("controller-namespace"), help: "Namespace the control plane runs in.")
     var controlNamespace = "apus"
 
     @Flag(inversion: .prefixedNo, help: "Elect one active replica through a Lease.")

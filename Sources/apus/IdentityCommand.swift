@@ -33,7 +33,7 @@ struct IdentityCommand: ParsableCommand {
         @Option(help: "Trust domain of the mesh.")
         var trustDomain = "cluster.local"
 
-        @Option(help: "Namespace of the control plane.")
+        @Option(name: .customLong("controller-namespace"), help: "Namespace of the control plane.")
         var controlNamespace = "apus"
 
         @Option(help: "Validity of the trust anchor, as a Go duration.")
