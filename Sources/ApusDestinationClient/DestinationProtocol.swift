@@ -248,11 +248,20 @@ public struct DestinationProfile: Codable, Hashable, Sendable {
     public var opaquePorts: [Int]
     /// The attached HTTPRoutes, metadata trimmed to what precedence needs (name, namespace, creation time).
     public var httpRoutes: [HTTPRoute]
+    /// Retries, timeouts and failure accrual from the Service's Linkerd annotations (protocol v1 addition,
+    /// absent when the Service sets none): applies to requests no HTTPRoute matches, and its failure accrual to
+    /// the whole destination. Not sent with a ServiceProfile, whose retry budget and route timeouts rule.
+    public var servicePolicy: RoutePolicy?
+    /// Per attached HTTPRoute (`namespace/name`, as in ``resources``), the Service's annotations overridden by
+    /// the route's (protocol v1 addition); a route whose policy equals ``servicePolicy`` is omitted, and the
+    /// field is absent when no route differs. The rules' own `timeouts` still win: use ``policy(for:)``.
+    public var routePolicies: [String: RoutePolicy]?
 
     public init(
         fullyQualifiedName: String, port: Int, source: ProfileSource, resources: [String] = [],
         routes: [ServiceProfile.Route] = [], retryBudget: ServiceProfile.RetryBudget = DestinationProfile.defaultBudget,
-        dstOverrides: [ServiceProfile.WeightedDestination] = [], opaquePorts: [Int] = [], httpRoutes: [HTTPRoute] = []
+        dstOverrides: [ServiceProfile.WeightedDestination] = [], opaquePorts: [Int] = [], httpRoutes: [HTTPRoute] = [],
+        servicePolicy: RoutePolicy? = nil, routePolicies: [String: RoutePolicy]? = nil
     ) {
         self.fullyQualifiedName = fullyQualifiedName
         self.port = port
@@ -263,6 +272,17 @@ public struct DestinationProfile: Codable, Hashable, Sendable {
         self.dstOverrides = dstOverrides
         self.opaquePorts = opaquePorts
         self.httpRoutes = httpRoutes
+        self.servicePolicy = servicePolicy
+        self.routePolicies = routePolicies
+    }
+
+    /// The policy for requests matched to `match` (from ``compiledHTTPRoutes()``): the route's annotation
+    /// policy (else the Service's) with the rule's own timeouts on top; nil match means no route matched,
+    /// which gets the Service's policy.
+    public func policy(for match: HTTPRouteMatch?) -> RoutePolicy {
+        guard let match else { return servicePolicy ?? RoutePolicy() }
+        let base = routePolicies?[match.route.key.description] ?? servicePolicy ?? RoutePolicy()
+        return base.applying(match.rule)
     }
 
     /// Linkerd's budget when no profile sets one: 20 % extra load, 10 retries/s, over 10 s.

@@ -1,6 +1,7 @@
 import ApusController
 import ApusCore
 import ApusDestinationClient
+import Foundation
 import KubernetesClient
 import Testing
 
@@ -379,5 +380,100 @@ struct Subscription<Value: Sendable> {
         index.apply(.serviceProfile(.added(Self.profile(namespace: "shop", routeName: "sp"))))
         #expect(index.resolve(Self.fromShop).source == .serviceProfile)
         #expect(index.overridingProfile(for: service) == ObjectKey(namespace: "shop", name: Self.host))
+    }
+
+    @Test("Service policy annotations reach subscribers on change; a route's retry keys win; bad keys are reported")
+    func serviceAnnotationsRepublish() async throws {
+        let index = ProfileIndex(configuration: Fixtures.configuration)
+        var subscription = Subscription(index.subscribe(Self.fromShop))
+        #expect(try await subscription.next().value.servicePolicy == nil)
+
+        let plain = Fixtures.service()
+        index.apply(.service(.added(plain)))
+        let annotated = Fixtures.service(annotations: [
+            "retry.linkerd.io/http": "gateway-error", "timeout.linkerd.io/request": "5s",
+            "balancer.linkerd.io/failure-accrual": "consecutive",
+            "balancer.linkerd.io/failure-accrual-consecutive-max-failures": "many",
+        ])
+        index.apply(.service(.updated(old: plain, new: annotated)))
+        // Without routes the default profile carries the Service's policy (the default route's).
+        let withPolicy = try await subscription.next().value
+        #expect(withPolicy.source == .default)
+        let policy = try #require(withPolicy.servicePolicy)
+        #expect(policy.retry == RoutePolicy.Retry(limit: 1, httpStatuses: [.gatewayErrors]))
+        #expect(policy.timeouts.request == GoDuration(nanoseconds: 5_000_000_000))
+        #expect(policy.failureAccrual?.consecutiveMaxFailures == 7)  // the invalid value fell back to the default
+        let service = ObjectKey(namespace: "shop", name: "web")
+        #expect(
+            index.annotationIssues(service: service).map(\.field) == [
+                "metadata.annotations[balancer.linkerd.io/failure-accrual-consecutive-max-failures]"
+            ])
+
+        var route = Self.route()
+        route.metadata.annotations = ["retry.linkerd.io/limit": "3", "retry.linkerd.io/timeout": "nope"]
+        index.apply(.httpRoute(.added(route)))
+        let routed = try await subscription.next().value
+        #expect(routed.source == .httpRoute)
+        let routePolicy = try #require(routed.routePolicies?["shop/web-split"])
+        // The route's retry group replaces the Service's; the Service's timeouts and accrual still apply.
+        #expect(routePolicy.retry == RoutePolicy.Retry(limit: 3, httpStatuses: [.serverErrors]))
+        #expect(routePolicy.timeouts.request == GoDuration(nanoseconds: 5_000_000_000))
+        #expect(routed.servicePolicy == policy)
+        #expect(
+            index.annotationIssues(route: route.objectKey).map(\.field) == [
+                "metadata.annotations[retry.linkerd.io/timeout]"
+            ])
+        // What the proxy applies to a request matched to the route's rule.
+        let match = try routed.compiledHTTPRoutes().route(RouteRequest(method: "GET", target: "/"))
+        #expect(routed.policy(for: match).retry?.limit == 3)
+
+        // An annotation-only change of the Service republishes; removing them all clears the policies.
+        index.apply(.service(.updated(old: annotated, new: plain)))
+        let cleared = try await subscription.next().value
+        #expect(cleared.servicePolicy == nil)
+        #expect(cleared.routePolicies?["shop/web-split"]?.timeouts.request == nil)
+        #expect(index.annotationIssues(service: service).isEmpty)
+        // A Service change that touches no policy annotation publishes nothing.
+        index.apply(.service(.updated(old: plain, new: Fixtures.service(clusterIP: "10.96.0.11"))))
+        index.apply(.httpRoute(.deleted(route)))
+        #expect(try await subscription.next().value.source == .default)
+        #expect(subscription.lastVersion == 5)
+    }
+
+    @Test("a route that turns the Service's retries off is listed, so proxies do not fall back to them")
+    func routeDisablesServiceRetries() throws {
+        let index = ProfileIndex(configuration: Fixtures.configuration)
+        index.apply(.service(.added(Fixtures.service(annotations: ["retry.linkerd.io/http": "5xx"]))))
+        // `/payments` requests must not be retried; everything else keeps the Service's retries.
+        var off = Self.route("no-retries")
+        off.metadata.annotations = ["retry.linkerd.io/limit": "0"]
+        let payments = HTTPRoute.Match(path: HTTPRoute.PathMatch(type: "PathPrefix", value: "/payments"))
+        off.spec.rules?[0].matches = [payments]
+        index.apply(.httpRoute(.added(off)))
+        index.apply(.httpRoute(.added(Self.route("inherits"))))
+        let profile = index.resolve(Self.fromShop)
+        #expect(profile.servicePolicy?.retry?.limit == 1)
+        #expect(profile.routePolicies == ["shop/no-retries": RoutePolicy()])
+        let router = try profile.compiledHTTPRoutes()
+        let payment = router.route(RouteRequest(method: "POST", target: "/payments/1"))
+        #expect(payment?.route.key.name == "no-retries")
+        #expect(profile.policy(for: payment).retry == nil)
+        #expect(profile.policy(for: router.route(RouteRequest(method: "GET", target: "/"))).retry?.limit == 1)
+        #expect(profile.policy(for: nil).retry?.limit == 1)  // no route matched: the Service's policy
+    }
+
+    @Test("profiles with the new policy fields round-trip, and v1 frames without them still decode")
+    func policyWireCompatibility() throws {
+        var profile = DestinationProfile.defaultProfile(fullyQualifiedName: Self.host, port: 80)
+        let old = try DestinationProtocol.encodeLine(ProfileFrame.profile(version: 1, profile: profile))
+        #expect(!String(decoding: old, as: UTF8.self).contains("Policy"))  // absent fields are not sent
+        profile.servicePolicy = RoutePolicy(timeouts: RoutePolicy.Timeouts(idle: GoDuration(nanoseconds: 1_000)))
+        profile.routePolicies = ["shop/web-split": RoutePolicy(retry: RoutePolicy.Retry(limit: 2))]
+        let frame = ProfileFrame.profile(version: 2, profile: profile)
+        let line = try DestinationProtocol.encodeLine(frame)
+        #expect(try JSONDecoder().decode(ProfileFrame.self, from: line) == frame)
+        let decodedOld = try JSONDecoder().decode(ProfileFrame.self, from: old)
+        guard case .profile(_, let decoded) = decodedOld else { throw CancellationError() }
+        #expect(decoded.servicePolicy == nil && decoded.routePolicies == nil)
     }
 }

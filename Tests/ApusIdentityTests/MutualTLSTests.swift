@@ -93,8 +93,9 @@ import Testing
         // The server reports within milliseconds of the client (its verdict or the client's alert); the grace
         // period only bounds a test that went wrong.
         let grace = group.next().scheduleTask(in: .seconds(2)) { serverResult.fail(HandshakeTimeout()) }
-        defer { grace.cancel() }
         let serverOutcome = await result(of: serverResult.futureResult)
+        // Cancel the timers while their loop still runs (cancelling after the group shut down is an error).
+        grace.cancel()
         timeout.cancel()
         try? await connection.close()
         try await listener.close()

@@ -7,7 +7,7 @@ import ServiceLifecycle
 ///
 /// ```
 ///  pods, services, endpointSlices informers ─► handler ─► AsyncStream ─► writer task ─► EndpointsIndex
-///  serviceProfiles, httpRoutes informers   ─► handler ─► AsyncStream ─► writer task ─► ProfileIndex
+///  serviceProfiles, httpRoutes, services    ─► handler ─► AsyncStream ─► writer task ─► ProfileIndex
 /// ```
 ///
 /// Handlers only enqueue (an unbounded stream: informer events must not be dropped, and the writer applies
@@ -34,7 +34,11 @@ public final class DestinationIndexes: ServiceLifecycle.Service, Sendable {
         let (profileInputs, profileSink) = AsyncStream.makeStream(of: ProfileIndex.Input.self)
         self.endpointInputs = endpointInputs
         self.profileInputs = profileInputs
-        try manager.services.addHandler { endpointSink.yield(.service($0)) }
+        try manager.services.addHandler { event in
+            endpointSink.yield(.service(event))
+            // Services' retry/timeout/failure-accrual annotations shape their profiles.
+            profileSink.yield(.service(event))
+        }
         try manager.endpointSlices.addHandler { endpointSink.yield(.slice($0)) }
         try manager.pods.addHandler { endpointSink.yield(.pod($0)) }
         try manager.serviceProfiles.addHandler { profileSink.yield(.serviceProfile($0)) }
@@ -67,6 +71,7 @@ public final class DestinationIndexes: ServiceLifecycle.Service, Sendable {
                     switch input {
                     case .serviceProfile(let event): self.countApplied("serviceprofiles", event)
                     case .httpRoute(let event): self.countApplied("httproutes", event)
+                    case .service(let event): self.countApplied("services (profiles)", event)
                     }
                 }
             }
@@ -80,7 +85,7 @@ public final class DestinationIndexes: ServiceLifecycle.Service, Sendable {
         let expected: [String: Int] = [
             "services": manager.services.store.count, "endpointslices": manager.endpointSlices.store.count,
             "pods": manager.pods.store.count, "serviceprofiles": manager.serviceProfiles.store.count,
-            "httproutes": manager.httpRoutes.store.count,
+            "httproutes": manager.httpRoutes.store.count, "services (profiles)": manager.services.store.count,
         ]
         while !Task.isCancelled {
             let seen = applied.withLockedValue { $0 }

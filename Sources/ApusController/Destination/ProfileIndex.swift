@@ -37,10 +37,24 @@ public struct ProfileTarget: Hashable, Sendable, CustomStringConvertible {
 /// Validity: a ServiceProfile that fails ``ServiceProfile/compile()`` does not replace the last valid version of
 /// the same object, so proxies keep the last good table while the status says what is wrong; one that was never
 /// valid is ignored. Invalid HTTPRoutes are left out (their status says why).
+///
+/// Linkerd's retry, timeout and failure-accrual annotations (``RoutePolicyAnnotations``) on the Service and on
+/// each attached HTTPRoute are compiled into the profile's `servicePolicy` and `routePolicies` (not with a
+/// ServiceProfile, which Linkerd also lets win). A Service whose annotations change republishes its targets.
+/// An invalid annotation drops only its own key; the issue is kept for status and Events
+/// (``annotationIssues(service:)``, ``annotationIssues(route:)``).
 public final class ProfileIndex: Sendable {
     public enum Input: Sendable {
         case serviceProfile(InformerEvent<ServiceProfile>)
         case httpRoute(InformerEvent<HTTPRoute>)
+        /// Services, for their policy annotations only (endpoints come from ``EndpointsIndex``).
+        case service(InformerEvent<ApusCore.Service>)
+    }
+
+    /// One object's parsed policy annotations and the keys that were dropped as invalid.
+    struct ParsedAnnotations: Hashable {
+        var annotations: RoutePolicyAnnotations
+        var issues: [ValidationIssue]
     }
 
     struct ValidProfile: Hashable {
@@ -53,6 +67,10 @@ public final class ProfileIndex: Sendable {
         var profiles: [ObjectKey: ValidProfile] = [:]
         /// Valid HTTPRoutes, trimmed, by the Services they attach to.
         var routesByService: [ObjectKey: [ObjectKey: HTTPRoute]] = [:]
+        /// Policy annotations of Services that have any (valid or not), by Service.
+        var serviceAnnotations: [ObjectKey: ParsedAnnotations] = [:]
+        /// Policy annotations of the valid HTTPRoutes that have any, by route.
+        var routeAnnotations: [ObjectKey: ParsedAnnotations] = [:]
     }
 
     public let configuration: DestinationConfiguration
@@ -89,6 +107,18 @@ public final class ProfileIndex: Sendable {
         return state.withLockedValue { $0.profiles[key] != nil ? key : nil }
     }
 
+    /// The Service's invalid (ignored) policy annotations, fields `metadata.annotations[<key>]`; empty when
+    /// all are valid or the index has not seen the Service.
+    public func annotationIssues(service: ObjectKey) -> [ValidationIssue] {
+        state.withLockedValue { $0.serviceAnnotations[service]?.issues ?? [] }
+    }
+
+    /// The HTTPRoute's invalid (ignored) policy annotations, as ``annotationIssues(service:)``; empty for a
+    /// route that failed validation (the index holds nothing of it).
+    public func annotationIssues(route: ObjectKey) -> [ValidationIssue] {
+        state.withLockedValue { $0.routeAnnotations[route]?.issues ?? [] }
+    }
+
     /// Applies one informer change and publishes the profiles it changed. Call from a single writer.
     public func apply(_ input: Input) {
         let changed: Bool = state.withLockedValue { state in
@@ -113,14 +143,27 @@ public final class ProfileIndex: Sendable {
                     if state.routesByService[service]?.isEmpty == true { state.routesByService[service] = nil }
                     changed = true
                 }
+                if state.routeAnnotations.removeValue(forKey: key) != nil { changed = true }
                 if case .deleted = event { return changed }
                 guard (try? route.compile()) != nil else { return changed }
                 let trimmed = Self.trimmed(route)
+                state.routeAnnotations[key] = Self.parsedAnnotations(route.metadata.annotations, on: .route)
                 for parent in Self.serviceParents(of: route) {
                     state.routesByService[parent, default: [:]][key] = trimmed
                     changed = true
                 }
                 return changed
+            case .service(let event):
+                let key = event.object.objectKey
+                let before = state.serviceAnnotations[key]
+                if case .deleted = event {
+                    state.serviceAnnotations[key] = nil
+                } else {
+                    state.serviceAnnotations[key] = Self.parsedAnnotations(
+                        event.object.metadata.annotations, on: .service)
+                }
+                // Issues alone change nothing proxies see.
+                return state.serviceAnnotations[key]?.annotations != before?.annotations
             }
         }
         guard changed else { return }
@@ -129,6 +172,15 @@ public final class ProfileIndex: Sendable {
         for target in publisher.keys {
             publisher.publish(target, resolve(target))
         }
+    }
+
+    /// nil when the object has no policy annotation at all, so Services without any cost no memory.
+    static func parsedAnnotations(
+        _ annotations: [String: String]?, on resource: RoutePolicyAnnotations.Resource
+    ) -> ParsedAnnotations? {
+        let parsed = RoutePolicyAnnotations.parse(annotations, on: resource)
+        guard parsed.annotations != RoutePolicyAnnotations() || !parsed.issues.isEmpty else { return nil }
+        return ParsedAnnotations(annotations: parsed.annotations, issues: parsed.issues)
     }
 
     /// Services a route attaches to (GAMMA parents); other parents (Gateways) are not the mesh's.
@@ -168,6 +220,8 @@ public final class ProfileIndex: Sendable {
                 retryBudget: profile.spec.retryBudget ?? DestinationProfile.defaultBudget,
                 dstOverrides: profile.spec.dstOverrides ?? [], opaquePorts: profile.opaquePorts)
         }
+        let serviceAnnotations = serviceKey.flatMap { state.serviceAnnotations[$0]?.annotations }
+        let servicePolicy = serviceAnnotations.map(\.policy).flatMap { $0.isEmpty ? nil : $0 }
         if let serviceKey {
             let routes = (state.routesByService[serviceKey] ?? [:]).values.filter { route in
                 (route.spec.parentRefs ?? []).contains { parent in
@@ -178,12 +232,23 @@ public final class ProfileIndex: Sendable {
                 }
             }.sorted { $0.objectKey < $1.objectKey }
             if !routes.isEmpty {
+                var routePolicies: [String: RoutePolicy] = [:]
+                for route in routes {
+                    let own = state.routeAnnotations[route.objectKey]?.annotations ?? RoutePolicyAnnotations()
+                    let policy = (serviceAnnotations ?? RoutePolicyAnnotations()).overridden(by: own).policy
+                    // Omitted routes fall back to `servicePolicy`, so a route that turns the Service's retries
+                    // off (limit 0) must be listed even though its policy is empty.
+                    if policy != servicePolicy ?? RoutePolicy() { routePolicies[route.objectKey.description] = policy }
+                }
                 return DestinationProfile(
                     fullyQualifiedName: target.host, port: target.port, source: .httpRoute,
-                    resources: routes.map(\.objectKey.description), httpRoutes: routes)
+                    resources: routes.map(\.objectKey.description), httpRoutes: routes, servicePolicy: servicePolicy,
+                    routePolicies: routePolicies.isEmpty ? nil : routePolicies)
             }
         }
-        return .defaultProfile(fullyQualifiedName: target.host, port: target.port)
+        var profile = DestinationProfile.defaultProfile(fullyQualifiedName: target.host, port: target.port)
+        profile.servicePolicy = servicePolicy
+        return profile
     }
 
     /// `web.shop.svc.<domain>` → `shop/web`.

@@ -84,6 +84,10 @@ public struct HTTPRouteStatusReconciler: Reconciler {
                 observedGeneration: generation)
         }
 
+        // Invalid retry/timeout annotations only drop their own keys (the route is still served), so they are
+        // reported in the Accepted message rather than as a failing condition.
+        let annotationNote = RoutePolicyAnnotations.ignoredAnnotationsMessage(
+            RoutePolicyAnnotations.parse(route.metadata.annotations, on: .route).issues)
         var result: [HTTPRoute.ParentStatus] = []
         for (index, parent) in (route.spec.parentRefs ?? []).enumerated() where Self.isServiceParent(parent) {
             let serviceKey = ObjectKey(namespace: parent.namespace ?? namespace, name: parent.name)
@@ -111,7 +115,8 @@ public struct HTTPRouteStatusReconciler: Reconciler {
                 conditions.append(
                     Condition(
                         type: "Accepted", status: "True", reason: "Accepted",
-                        message: "attached to Service \(serviceKey)", observedGeneration: generation))
+                        message: "attached to Service \(serviceKey)" + (annotationNote.map { "; \($0)" } ?? ""),
+                        observedGeneration: generation))
             }
             conditions.append(resolvedRefs)
             if let profile = overridingProfile(for: serviceKey) {
