@@ -45,7 +45,8 @@ public final class ControllerManager: ServiceLifecycle.Service {
         self.leaderComponents = NIOLockedValueBox(leaderComponents)
         self.logger = logger
         self.events = EventRecorder(client: client, component: "apus-controller", host: options.identity)
-        self.pods = Informer(client: client, Pod.self, resyncPeriod: options.resyncPeriod)
+        self.pods = Informer(
+            client: client, Pod.self, resyncPeriod: options.resyncPeriod, transform: Self.podProjection)
         self.services = Informer(client: client, ApusCore.Service.self, resyncPeriod: options.resyncPeriod)
         self.endpointSlices = Informer(
             client: client, EndpointSlice.self, resyncPeriod: options.resyncPeriod,
@@ -62,6 +63,64 @@ public final class ControllerManager: ServiceLifecycle.Service {
                     leaseDuration: options.leaseDuration, renewDeadline: options.renewDeadline,
                     retryPeriod: options.retryPeriod))
             : nil
+    }
+
+    /// The part of a Pod the ``pods`` cache keeps; everything else is dropped as soon as the Pod is decoded.
+    ///
+    /// A full Pod decodes to ~11 KB of heap (env, resources, mounts, probes, volumes, security contexts, container
+    /// statuses…), and the cache holds every Pod of the cluster, so the controller stores only what its components
+    /// read — like client-go's `SetTransform`. The contract: **a component that needs another Pod field adds it
+    /// here** (and a test reading it through the manager), otherwise it silently sees `nil`.
+    ///
+    /// Kept today, and who reads it (`EndpointsIndex`: endpoint labels, identity, meshed detection, pod IPs):
+    /// - metadata: name, namespace, uid, resourceVersion (the store's change detection), labels, annotations
+    ///   (except `kubectl.kubernetes.io/last-applied-configuration`, a full copy of the object), ownerReferences,
+    ///   deletionTimestamp;
+    /// - spec: serviceAccountName, hostNetwork, and of `containers`/`initContainers` the name (proxy detection),
+    ///   ports and restartPolicy (native sidecars);
+    /// - status: phase, podIP, podIPs.
+    ///
+    /// Empty collections become `nil`, so an absent value costs no allocation.
+    public static let podProjection: @Sendable (Pod) -> Pod = { pod in
+        let source = pod.metadata
+        var metadata = ObjectMeta(
+            name: source.name, namespace: source.namespace, uid: source.uid, resourceVersion: source.resourceVersion,
+            labels: nonEmpty(source.labels), ownerReferences: nonEmpty(source.ownerReferences),
+            deletionTimestamp: source.deletionTimestamp)
+        if var annotations = source.annotations {
+            annotations[lastAppliedAnnotation] = nil
+            metadata.annotations = nonEmpty(annotations)
+        }
+        var projected = Pod(metadata: metadata)
+        projected.apiVersion = pod.apiVersion
+        projected.kind = pod.kind
+        if let spec = pod.spec {
+            var kept = PodSpec(containers: spec.containers.map(projectContainer))
+            kept.initContainers = nonEmpty(spec.initContainers?.map(projectContainer))
+            kept.serviceAccountName = spec.serviceAccountName
+            kept.hostNetwork = spec.hostNetwork
+            projected.spec = kept
+        }
+        if let status = pod.status {
+            var kept = PodStatus(phase: status.phase, podIP: status.podIP)
+            kept.podIPs = nonEmpty(status.podIPs)
+            projected.status = kept
+        }
+        return projected
+    }
+
+    private static let lastAppliedAnnotation = "kubectl.kubernetes.io/last-applied-configuration"
+
+    private static func projectContainer(_ container: Container) -> Container {
+        var kept = Container(name: container.name)
+        kept.ports = nonEmpty(container.ports)
+        kept.restartPolicy = container.restartPolicy
+        return kept
+    }
+
+    private static func nonEmpty<C: Collection>(_ collection: C?) -> C? {
+        guard let collection, !collection.isEmpty else { return nil }
+        return collection
     }
 
     /// Every API call `apus-controller` makes: the manager's own parts plus each component it runs (each declares

@@ -33,6 +33,11 @@ public struct InformerError: Error, Hashable, Sendable, CustomStringConvertible 
 /// difference (adds, changed objects as updates, vanished objects as deletes). Slow handlers delay the
 /// following events (watch events queue up meanwhile), so hand real work to a ``WorkQueue``.
 ///
+/// An optional `transform` (client-go's `SetTransform`) rewrites every listed and watched object before it is
+/// stored or delivered: the store, its indexers, handlers and event streams see **only transformed objects**,
+/// and the full decoded object is freed right after. It keeps large caches small by dropping fields no
+/// component reads; see ``Store/make(indexers:transform:)`` for what it must preserve.
+///
 /// ```swift
 /// let informer = Informer(client: client, Pod.self, namespace: "apus", indexers: [.label("app")])
 /// try informer.addHandler { event in await queue.add(event.object.objectKey) }
@@ -58,6 +63,7 @@ public final class Informer<R: KubernetesResource>: Sendable {
 
     /// The cache this informer fills.
     public let store: Store<R>
+    /// The informer's source; with a transform, it already yields transformed objects.
     public let watcher: Watcher<R>
     /// When set, every object is re-delivered as `.updated(old: x, new: x)` this often, so level-based
     /// controllers re-check state they may have missed (client-go's resync).
@@ -69,12 +75,15 @@ public final class Informer<R: KubernetesResource>: Sendable {
     public init(
         client: KubernetesClient, _ type: R.Type = R.self, namespace: String? = nil,
         configuration: WatcherConfiguration = WatcherConfiguration(), resyncPeriod: Duration? = nil,
-        indexers: [Indexer<R>] = []
+        indexers: [Indexer<R>] = [], transform: (@Sendable (R) -> R)? = nil
     ) {
+        // The watcher applies the transform as each list page arrives (see `Watcher.transform`), so the writer
+        // must not apply it a second time.
         let (store, writer) = Store<R>.make(indexers: indexers)
         self.store = store
         self.writer = writer
-        self.watcher = Watcher(client: client, R.self, namespace: namespace, configuration: configuration)
+        self.watcher = Watcher(
+            client: client, namespace: namespace, configuration: configuration, transform: transform)
         self.resyncPeriod = resyncPeriod
         self.logger = client.logger
     }

@@ -131,9 +131,18 @@ public struct Store<R: KubernetesResource>: Sendable {
     let storage: StoreStorage<R>
 
     /// Creates a store and its only writer. The namespace index is always present; `indexers` add more.
-    public static func make(indexers: [Indexer<R>] = []) -> (Store<R>, StoreWriter<R>) {
+    ///
+    /// `transform` (client-go's `SetTransform`) rewrites every object the writer receives — list items, watch
+    /// adds, updates and deletes alike — before it is stored, indexed or returned as a change, so the store,
+    /// the indexers and every handler only ever see transformed objects. Use it to drop fields nobody reads
+    /// and keep a large cache small. It must keep `metadata.name`, `metadata.namespace` (the object's key) and
+    /// `metadata.resourceVersion` (a relist compares it to decide whether an object changed), must be cheap
+    /// (it runs once per event on the informer's task) and must be a pure function of its input.
+    public static func make(
+        indexers: [Indexer<R>] = [], transform: (@Sendable (R) -> R)? = nil
+    ) -> (Store<R>, StoreWriter<R>) {
         let storage = StoreStorage(indexers: indexers)
-        return (Store(storage: storage), StoreWriter(storage: storage))
+        return (Store(storage: storage), StoreWriter(storage: storage, transform: transform))
     }
 
     public func get(_ key: ObjectKey) -> R? {
@@ -204,8 +213,18 @@ public struct Store<R: KubernetesResource>: Sendable {
 /// A relist (`initStart` … `initDone`) is staged and swapped in atomically at `initDone`; the returned events
 /// then describe the difference: adds for new objects, updates for objects whose resourceVersion changed,
 /// deletes for objects that vanished while the watch was down.
+///
+/// With a transform (see ``Store/make(indexers:transform:)``), every object is transformed first: the store and
+/// the returned changes hold only transformed objects.
 public struct StoreWriter<R: KubernetesResource>: Sendable {
     let storage: StoreStorage<R>
+    /// Applied to every incoming object before the store's lock is taken.
+    let transform: (@Sendable (R) -> R)?
+
+    init(storage: StoreStorage<R>, transform: (@Sendable (R) -> R)? = nil) {
+        self.storage = storage
+        self.transform = transform
+    }
 
     /// The store this writer fills.
     public var store: Store<R> { Store(storage: storage) }
@@ -213,6 +232,7 @@ public struct StoreWriter<R: KubernetesResource>: Sendable {
     /// Applies one watcher event and returns the changes to deliver, in order.
     @discardableResult
     public func apply(_ event: WatcherEvent<R>) -> [InformerEvent<R>] {
+        let event = transform.map { Self.transformed(event, by: $0) } ?? event
         var waiters: [CheckedContinuation<Void, Never>] = []
         let changes: [InformerEvent<R>] = storage.state.withLockedValue { state in
             switch event {
@@ -269,5 +289,14 @@ public struct StoreWriter<R: KubernetesResource>: Sendable {
         }
         for waiter in waiters { waiter.resume() }
         return changes
+    }
+
+    private static func transformed(_ event: WatcherEvent<R>, by transform: (R) -> R) -> WatcherEvent<R> {
+        switch event {
+        case .initStart, .initDone: return event
+        case .initApply(let object): return .initApply(transform(object))
+        case .apply(let object): return .apply(transform(object))
+        case .delete(let object): return .delete(transform(object))
+        }
     }
 }

@@ -76,18 +76,30 @@ public struct Watcher<R: KubernetesResource>: AsyncSequence, Sendable {
     /// `nil` watches all namespaces.
     public let namespace: String?
     public let configuration: WatcherConfiguration
+    /// Set by an ``Informer`` with a transform: applied to each list page right after it is decoded and to each
+    /// watch event, so the untransformed objects of a large list are never all alive at once (they would
+    /// fragment the heap the cache is then built in).
+    let transform: (@Sendable (R) -> R)?
 
     public init(
         client: KubernetesClient, _ type: R.Type = R.self, namespace: String? = nil,
         configuration: WatcherConfiguration = WatcherConfiguration()
     ) {
+        self.init(client: client, namespace: namespace, configuration: configuration, transform: nil)
+    }
+
+    init(
+        client: KubernetesClient, namespace: String?, configuration: WatcherConfiguration,
+        transform: (@Sendable (R) -> R)?
+    ) {
         self.client = client
         self.namespace = namespace
         self.configuration = configuration
+        self.transform = transform
     }
 
     public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(client: client, namespace: namespace, configuration: configuration)
+        AsyncIterator(client: client, namespace: namespace, configuration: configuration, transform: transform)
     }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
@@ -106,6 +118,7 @@ public struct Watcher<R: KubernetesResource>: AsyncSequence, Sendable {
         private let client: KubernetesClient
         private let namespace: String?
         private let configuration: WatcherConfiguration
+        private let transform: (@Sendable (R) -> R)?
         private let reportError: @Sendable (KubernetesError) -> Void
         private var state = State.relist
         private var backoff: ExponentialBackoff
@@ -115,10 +128,14 @@ public struct Watcher<R: KubernetesResource>: AsyncSequence, Sendable {
         /// Whether a list was started before; every later one is a relist.
         private var hasListed = false
 
-        init(client: KubernetesClient, namespace: String?, configuration: WatcherConfiguration) {
+        init(
+            client: KubernetesClient, namespace: String?, configuration: WatcherConfiguration,
+            transform: (@Sendable (R) -> R)?
+        ) {
             self.client = client
             self.namespace = namespace
             self.configuration = configuration
+            self.transform = transform
             self.backoff = configuration.backoff
             let logger = client.logger
             let kind = R.resourceType.kind
@@ -152,7 +169,11 @@ public struct Watcher<R: KubernetesResource>: AsyncSequence, Sendable {
                         let page = try await client.list(
                             R.self, namespace: namespace, options: options, onDecodingError: reportError)
                         backoff.reset()
-                        listed += page.items
+                        if let transform {
+                            listed += page.items.map(transform)
+                        } else {
+                            listed += page.items
+                        }
                         if let next = page.metadata.continue, !next.isEmpty {
                             state = .listing(continueToken: next)
                         } else {
@@ -235,13 +256,13 @@ public struct Watcher<R: KubernetesResource>: AsyncSequence, Sendable {
                         state = .watching(
                             iterator, resourceVersion: resourceVersion, openedAt: openedAt, events: events)
                         backoff.reset()
-                        return .apply(object)
+                        return .apply(transform?(object) ?? object)
                     case .deleted(let object):
                         resourceVersion = object.metadata.resourceVersion ?? resourceVersion
                         state = .watching(
                             iterator, resourceVersion: resourceVersion, openedAt: openedAt, events: events)
                         backoff.reset()
-                        return .delete(object)
+                        return .delete(transform?(object) ?? object)
                     case .bookmark(let version):
                         state = .watching(iterator, resourceVersion: version, openedAt: openedAt, events: events)
                     case .error(let error):
