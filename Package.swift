@@ -165,10 +165,20 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // What the informer and destination benchmarks share: RSS/CPU readers, the JSON-lines child protocol, the
+        // Pod factory, statistics and table formatting.
+        .target(
+            name: "BenchmarkSupport",
+            dependencies: [
+                "ApusCore", "KubernetesClient", "KubernetesTestServer",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            path: "Benchmarks/BenchmarkSupport"
+        ),
         .executableTarget(
             name: "InformerBenchmark",
             dependencies: [
-                "ApusCore", "KubernetesClient", "KubernetesTestServer",
+                "ApusCore", "BenchmarkSupport", "KubernetesClient", "KubernetesTestServer",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -180,7 +190,8 @@ let package = Package(
         .executableTarget(
             name: "DestinationBenchmark",
             dependencies: [
-                "ApusCore", "ApusController", "ApusDestinationClient", "KubernetesClient", "KubernetesTestServer",
+                "ApusCore", "ApusController", "ApusDestinationClient", "BenchmarkSupport", "KubernetesClient",
+                "KubernetesTestServer",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

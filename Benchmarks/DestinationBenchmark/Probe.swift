@@ -1,5 +1,6 @@
 import ApusCore
 import ApusDestinationClient
+import BenchmarkSupport
 import KubernetesClient
 import NIOConcurrencyHelpers
 
@@ -78,29 +79,5 @@ extension Resolution {
         case .notFound: return "not found"
         case .external(let host, let port): return "external \(host):\(port)"
         }
-    }
-}
-
-/// Nearest-rank percentiles of a sample, in milliseconds.
-struct Percentiles: Encodable {
-    var samples = 0
-    var p50 = 0.0
-    var p99 = 0.0
-    var max = 0.0
-
-    init() {}
-
-    init(nanoseconds values: [Int64]) {
-        let sorted = values.sorted()
-        samples = sorted.count
-        guard !sorted.isEmpty else { return }
-        func rank(_ quantile: Double) -> Double {
-            let index = Swift.min(
-                sorted.count - 1, Swift.max(0, Int((quantile * Double(sorted.count)).rounded(.up)) - 1))
-            return Double(sorted[index]) / 1e6
-        }
-        p50 = rank(0.50)
-        p99 = rank(0.99)
-        max = Double(sorted[sorted.count - 1]) / 1e6
     }
 }

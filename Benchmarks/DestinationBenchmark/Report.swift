@@ -1,3 +1,4 @@
+import BenchmarkSupport
 import Foundation
 
 /// Every figure of one run; printed as a table or, with `--json`, as one JSON object.
@@ -6,16 +7,6 @@ struct Report: Encodable {
     static let goalP99Milliseconds = 100.0
     static let goalSubscribers = 1_000
     static let goalResidentMiB = 150.0
-
-    struct Machine: Encodable {
-        var cores = ProcessInfo.processInfo.activeProcessorCount
-        var cpu = Report.cpuModel()
-        var os = ProcessInfo.processInfo.operatingSystemVersionString
-        var swift = Report.swiftVersion()
-        var build = Report.buildMode
-        /// 1-minute load average when the run started: other work on the machine skews every figure.
-        var loadAverage = Report.loadAverage()
-    }
 
     struct Workload: Encodable {
         var pods: Int
@@ -106,76 +97,20 @@ struct Report: Encodable {
         line("")
         line(
             "2. Controller process memory (VmRSS; the API server's copy lives in the child, pid \(workload.serverPid))")
-        row("at start", Self.mebibytes(memory.start))
+        row("at start", Format.mebibytes(memory.start))
         row(
-            "caches + indexes loaded (after malloc_trim)", Self.mebibytes(memory.loaded),
-            "(\(Self.mebibytes(memory.loadedTrimmed)))")
+            "caches + indexes loaded (after malloc_trim)", Format.mebibytes(memory.loaded),
+            "(\(Format.mebibytes(memory.loadedTrimmed)))")
         row(
-            "\(workload.services) Services subscribed (after malloc_trim)", Self.mebibytes(memory.subscribed),
-            "(\(Self.mebibytes(memory.subscribedTrimmed)))")
+            "\(workload.services) Services subscribed (after malloc_trim)", Format.mebibytes(memory.subscribed),
+            "(\(Format.mebibytes(memory.subscribedTrimmed)))")
         let verdict = Double(memory.subscribed) / 1_048_576 <= Self.goalResidentMiB ? "met" : "MISSED"
         row("goal", "≤ 150.0 MiB", "\(verdict) (judged on the untrimmed figure above)")
-        row("at end (after malloc_trim)", Self.mebibytes(memory.end), "(\(Self.mebibytes(memory.endTrimmed)))")
-        row("server child RSS at end", Self.mebibytes(memory.serverChild), "(not in the figures above)")
+        row("at end (after malloc_trim)", Format.mebibytes(memory.end), "(\(Format.mebibytes(memory.endTrimmed)))")
+        row("server child RSS at end", Format.mebibytes(memory.serverChild), "(not in the figures above)")
         line("")
         row("load: list + sync + index apply", String(format: "%.3f s", load.seconds))
         row("/metrics exposition size", "\(metricsExpositionBytes) B")
         return out
-    }
-
-    static func mebibytes(_ bytes: Int) -> String { String(format: "%.1f MiB", Double(bytes) / 1_048_576) }
-
-    // MARK: - Environment
-
-    #if DEBUG
-        static let buildMode = "debug"
-    #else
-        static let buildMode = "release"
-    #endif
-
-    static func loadAverage() -> String {
-        let text = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? ""
-        return text.split(separator: " ").first.map(String.init) ?? "unknown"
-    }
-
-    static func cpuModel() -> String {
-        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown CPU" }
-        for line in info.split(separator: "\n") where line.hasPrefix("model name") {
-            if let colon = line.firstIndex(of: ":") {
-                return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
-            }
-        }
-        return "unknown CPU"
-    }
-
-    /// The toolchain on PATH (`swift --version`), which `swift run` used to build this binary; falls back to the
-    /// compiler version this binary was built with when no toolchain is on PATH.
-    static func swiftVersion() -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["swift", "--version"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        if (try? process.run()) != nil {
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            if process.terminationStatus == 0,
-                let first = String(decoding: data, as: UTF8.self).split(separator: "\n").first(where: {
-                    $0.contains("Swift version")
-                })
-            {
-                return first.trimmingCharacters(in: .whitespaces)
-            }
-        }
-        #if compiler(>=6.3)
-            return "Swift compiler >= 6.3"
-        #elseif compiler(>=6.2)
-            return "Swift compiler 6.2"
-        #elseif compiler(>=6.1)
-            return "Swift compiler 6.1"
-        #else
-            return "Swift compiler 6.0"
-        #endif
     }
 }

@@ -1,5 +1,6 @@
 import ApusController
 import ApusCore
+import BenchmarkSupport
 import Foundation
 import KubernetesClient
 import Metrics
@@ -10,28 +11,14 @@ import Prometheus
 struct BenchmarkRunner {
     let options: BenchmarkOptions
 
-    static func main(arguments: [String]) async -> Int32 {
-        let options: BenchmarkOptions
-        do {
-            options = try BenchmarkOptions.parse(arguments)
-        } catch is UsageRequested {
-            print(BenchmarkOptions.usage)
-            return 0
-        } catch {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            return 2
-        }
+    static func main(options: BenchmarkOptions) async -> Int32 {
         // As apus-controller does: every metric the controller records lands in a Prometheus registry, so its
         // cost is part of the figures.
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        do {
+        return await runAndPrint("DestinationBenchmark") {
             let report = try await BenchmarkRunner(options: options).run(registry: registry)
-            print(options.json ? try report.json() : report.table())
-            return 0
-        } catch {
-            FileHandle.standardError.write(Data("DestinationBenchmark failed: \(error)\n".utf8))
-            return 1
+            return options.json ? try report.json() : report.table()
         }
     }
 
@@ -39,14 +26,8 @@ struct BenchmarkRunner {
         var report = Report(options: options)
         report.memory.start = try Memory.residentBytes()
         progress("starting the API test server child: \(options.pods) Pods, \(options.services) Services + slices")
-        let server = try ServerProcess(options: options)
-        do {
-            try await measure(server: server, registry: registry, into: &report)
-        } catch {
-            await server.stop()
-            throw error
-        }
-        await server.stop()
+        let server = try ServerProcess(serving: options.arguments, outputLabel: "apus.bench.destination.child-stdout")
+        try await server.stopping { try await measure(server: $0, registry: registry, into: &report) }
         return report
     }
 
@@ -58,14 +39,7 @@ struct BenchmarkRunner {
         report.workload.averagePodJSONBytes = ready.averagePodJSONBytes
         report.workload.sliceJSONBytes = ready.averageSliceJSONBytes
         report.workload.seedSeconds = ready.seedSeconds
-        guard let serverURL = URL(string: ready.baseURL) else {
-            throw BenchmarkError("the server child reported an invalid URL '\(ready.baseURL)'")
-        }
-        let configuration = ClientConfiguration(
-            server: serverURL,
-            tls: .init(certificateAuthorityPEM: serverURL.scheme == "https" ? ready.caCertificatePEM : nil),
-            authentication: .bearer(ready.token), requestTimeout: .seconds(120))
-        let client = try KubernetesClient(configuration: configuration)
+        let client = try KubernetesClient(configuration: try ready.endpoint.clientConfiguration())
         do {
             try await measureController(client: client, server: server, into: &report)
         } catch {
@@ -204,8 +178,7 @@ struct BenchmarkRunner {
     }
 
     private func progress(_ message: String) {
-        guard !options.json else { return }
-        FileHandle.standardError.write(Data("… \(message)\n".utf8))
+        if !options.json { printProgress(message) }
     }
 }
 

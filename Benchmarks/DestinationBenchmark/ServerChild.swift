@@ -1,4 +1,5 @@
 import ApusCore
+import BenchmarkSupport
 import Foundation
 import KubernetesTestServer
 
@@ -10,25 +11,16 @@ import KubernetesTestServer
 /// outlives the benchmark.
 enum ServerChild {
     static func main(arguments: [String]) async -> Int32 {
-        do {
+        await runServerChild(named: "DestinationBenchmark --serve") {
             let options = try BenchmarkOptions.parse(arguments)
             var serverOptions = KubernetesTestServer.Options()
             serverOptions.tls = options.tls
             serverOptions.autoCreateNamespaces = true
-            let server = try await KubernetesTestServer.start(serverOptions)
-            server.registerResource(ServiceProfile.resourceType, hasStatusSubresource: true)
-            server.registerResource(HTTPRoute.resourceType, hasStatusSubresource: true)
-            do {
+            try await withTestServer(serverOptions) { server in
+                server.registerResource(ServiceProfile.resourceType, hasStatusSubresource: true)
+                server.registerResource(HTTPRoute.resourceType, hasStatusSubresource: true)
                 try await serve(server, options: options)
-            } catch {
-                try? await server.shutdown()
-                throw error
             }
-            try await server.shutdown()
-            return 0
-        } catch {
-            FileHandle.standardError.write(Data("DestinationBenchmark --serve: error: \(error)\n".utf8))
-            return 1
         }
     }
 
@@ -57,38 +49,26 @@ enum ServerChild {
         }
         try writeJSONLine(
             ChildReady(
-                baseURL: server.baseURL, token: server.token, caCertificatePEM: server.caCertificatePEM,
+                endpoint: ServerEndpoint(server),
                 averagePodJSONBytes: podBytes / max(1, podSamples), averageSliceJSONBytes: sliceBytes,
                 seedSeconds: started.duration(to: .now).seconds, residentBytes: try Memory.residentBytes()),
             to: .standardOutput)
 
-        let reader = LineReader(.standardInput, label: "apus.bench.destination.child-stdin")
-        while let line = await reader.next() {
-            let command: ChildCommand
-            do {
-                command = try JSONDecoder().decode(ChildCommand.self, from: Data(line.utf8))
-            } catch {
-                throw BenchmarkError("unreadable command '\(line)': \(error)")
+        try await serveChildCommands(label: "apus.bench.destination.child-stdin") { (command: ChildCommand) in
+            var reply = ChildReply()
+            switch command.operation {
+            case .flip:
+                let slice = Topology.slice(
+                    command.service, services: options.services, pods: options.pods,
+                    firstReady: command.sequence % 2 == 1)
+                reply.writtenAt = MonotonicClock.nanoseconds()
+                try server.seed(EndpointSlice.resourceType, slice)
+            case .memory:
+                reply.residentBytes = try Memory.residentBytes()
+            case .quit:
+                break
             }
-            var reply = ChildReply(ok: true)
-            do {
-                switch command.operation {
-                case .flip:
-                    let slice = Topology.slice(
-                        command.service, services: options.services, pods: options.pods,
-                        firstReady: command.sequence % 2 == 1)
-                    reply.writtenAt = MonotonicClock.nanoseconds()
-                    try server.seed(EndpointSlice.resourceType, slice)
-                case .memory:
-                    reply.residentBytes = try Memory.residentBytes()
-                case .quit:
-                    try writeJSONLine(reply, to: .standardOutput)
-                    return
-                }
-            } catch {
-                reply = ChildReply(ok: false, error: "\(error)")
-            }
-            try writeJSONLine(reply, to: .standardOutput)
+            return reply
         }
     }
 }

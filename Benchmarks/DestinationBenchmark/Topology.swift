@@ -1,4 +1,5 @@
 import ApusCore
+import BenchmarkSupport
 
 /// The Services and EndpointSlices of the benchmark cluster, derived from indexes like the Pods, so the parent and
 /// the server child agree on every name without talking.

@@ -1,5 +1,6 @@
 import ApusCore
 import AsyncHTTPClient
+import BenchmarkSupport
 import Foundation
 import KubernetesClient
 import NIOCore
@@ -32,9 +33,10 @@ enum Baselines {
     private static func read(http: HTTPClient, ready: ChildReady, fromRevision: String, events: Int) async throws
         -> Capture
     {
-        var request = HTTPClientRequest(url: "\(ready.baseURL)/api/v1/pods?watch=true&resourceVersion=\(fromRevision)")
+        var request = HTTPClientRequest(
+            url: "\(ready.endpoint.baseURL)/api/v1/pods?watch=true&resourceVersion=\(fromRevision)")
         request.headers.add(name: "Accept", value: "application/json")
-        request.headers.add(name: "Authorization", value: "Bearer \(ready.token)")
+        request.headers.add(name: "Authorization", value: "Bearer \(ready.endpoint.token)")
         let response = try await http.execute(request, timeout: .seconds(600))
         guard response.status == .ok else {
             throw BenchmarkError("the transfer baseline's watch got HTTP \(response.status.code)")
@@ -199,11 +201,11 @@ enum Baselines {
             var token: String?
             let started = ContinuousClock.now
             repeat {
-                var url = "\(ready.baseURL)/api/v1/pods?limit=\(pageSize)"
+                var url = "\(ready.endpoint.baseURL)/api/v1/pods?limit=\(pageSize)"
                 if let token { url += "&continue=\(token)" }
                 var request = HTTPClientRequest(url: url)
                 request.headers.add(name: "Accept", value: "application/json")
-                request.headers.add(name: "Authorization", value: "Bearer \(ready.token)")
+                request.headers.add(name: "Authorization", value: "Bearer \(ready.endpoint.token)")
                 let response = try await http.execute(request, timeout: .seconds(120))
                 guard response.status == .ok else {
                     throw BenchmarkError(
@@ -268,8 +270,8 @@ enum Baselines {
     private static func makeHTTPClient(ready: ChildReady) -> HTTPClient {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.shutdownTimeout = .seconds(1)
-        if ready.baseURL.hasPrefix("https"),
-            let roots = try? NIOSSLCertificate.fromPEMBytes(Array(ready.caCertificatePEM.utf8))
+        if ready.endpoint.baseURL.hasPrefix("https"),
+            let roots = try? NIOSSLCertificate.fromPEMBytes(Array(ready.endpoint.caCertificatePEM.utf8))
         {
             tls.trustRoots = .certificates(roots)
         }

@@ -1,17 +1,8 @@
+import BenchmarkSupport
 import Foundation
 
 /// Every figure of one run; printed as a table or, with `--json`, as one JSON object.
 struct Report: Encodable {
-    struct Machine: Encodable {
-        var cores = ProcessInfo.processInfo.activeProcessorCount
-        var cpu = Report.cpuModel()
-        var os = ProcessInfo.processInfo.operatingSystemVersionString
-        var swift = Report.swiftVersion()
-        var build = Report.buildMode
-        /// 1-minute load average when the run started: other work on the machine skews every figure.
-        var loadAverage = Report.loadAverage()
-    }
-
     struct Workload: Encodable {
         var pods: Int
         var eventsPerPhase: Int
@@ -165,134 +156,59 @@ struct Report: Encodable {
                 + "\(w.eventsPerPhase) updates per watch phase; \(w.transport)")
         out.append("")
         out.append("1. Initial list + sync (all namespaces, page size \(sync.pageSize))")
-        line("store synced (list pages applied)", Self.seconds(sync.storeSyncedSeconds))
-        line("all \(w.pods) adds delivered to the handler", Self.seconds(sync.allAddsHandledSeconds))
-        line("list+sync throughput", Self.rate(sync.objectsPerSecond, "objects/s"), Self.cores(sync.clientCores))
+        line("store synced (list pages applied)", Format.seconds(sync.storeSyncedSeconds))
+        line("all \(w.pods) adds delivered to the handler", Format.seconds(sync.allAddsHandledSeconds))
+        line("list+sync throughput", Format.rate(sync.objectsPerSecond, "objects/s"), Format.cores(sync.clientCores))
         line(
             "baseline: list transfer only (AHC, no decode)",
-            Self.rate(baselines.listTransfer.eventsPerSecond, "objects/s"),
-            Self.mebibytes(baselines.listTransfer.bytesPerSecond) + "/s")
-        line("baseline: list JSONDecoder only (no I/O)", Self.rate(baselines.listDecode.eventsPerSecond, "objects/s"))
-        line("list+sync / list transfer floor", Self.percent(ratios.syncOfListTransfer))
-        line("list+sync / list JSONDecoder floor", Self.percent(ratios.syncOfListDecode))
+            Format.rate(baselines.listTransfer.eventsPerSecond, "objects/s"),
+            Format.mebibytes(baselines.listTransfer.bytesPerSecond) + "/s")
+        line("baseline: list JSONDecoder only (no I/O)", Format.rate(baselines.listDecode.eventsPerSecond, "objects/s"))
+        line("list+sync / list transfer floor", Format.percent(ratios.syncOfListTransfer))
+        line("list+sync / list JSONDecoder floor", Format.percent(ratios.syncOfListDecode))
         out.append("")
         out.append("2. Watch events decoded + applied to the store + delivered to the handler")
         line(
-            "informer, replayed batch", Self.rate(watch.replay.eventsPerSecond, "events/s"),
-            Self.cores(watch.replay.clientCores)
+            "informer, replayed batch", Format.rate(watch.replay.eventsPerSecond, "events/s"),
+            Format.cores(watch.replay.clientCores)
                 + (watch.replay.overlappedWithWrites ? "; warning: batch partly live (see README)" : ""))
         line(
-            "informer, live writer in the server", Self.rate(watch.live.eventsPerSecond, "events/s"),
-            Self.cores(watch.live.clientCores) + "; server wrote "
-                + Self.rate(Double(watch.live.events) / max(watch.live.serverWriteSeconds, 1e-9), "/s"))
+            "informer, live writer in the server", Format.rate(watch.live.eventsPerSecond, "events/s"),
+            Format.cores(watch.live.clientCores) + "; server wrote "
+                + Format.rate(Double(watch.live.events) / max(watch.live.serverWriteSeconds, 1e-9), "/s"))
         line(
-            "baseline: transfer only (AHC, counts lines)", Self.rate(baselines.transfer.eventsPerSecond, "events/s"),
-            Self.mebibytes(baselines.transfer.bytesPerSecond) + "/s")
-        line("baseline: JSONDecoder only (no I/O)", Self.rate(baselines.decode.eventsPerSecond, "events/s"))
+            "baseline: transfer only (AHC, counts lines)", Format.rate(baselines.transfer.eventsPerSecond, "events/s"),
+            Format.mebibytes(baselines.transfer.bytesPerSecond) + "/s")
+        line("baseline: JSONDecoder only (no I/O)", Format.rate(baselines.decode.eventsPerSecond, "events/s"))
         line(
-            "reference: WatchEventDecoder only (no I/O)", Self.rate(baselines.clientDecoder.eventsPerSecond, "events/s")
+            "reference: WatchEventDecoder only (no I/O)",
+            Format.rate(baselines.clientDecoder.eventsPerSecond, "events/s")
         )
-        line("reference: StoreWriter.apply only (decoded)", Self.rate(baselines.storeApply.eventsPerSecond, "events/s"))
-        line("informer replay / transfer floor", Self.percent(ratios.ofTransfer))
-        line("informer replay / JSONDecoder floor", Self.percent(ratios.ofFoundationDecode))
-        line("informer replay / WatchEventDecoder", Self.percent(ratios.ofClientDecoder))
+        line(
+            "reference: StoreWriter.apply only (decoded)", Format.rate(baselines.storeApply.eventsPerSecond, "events/s")
+        )
+        line("informer replay / transfer floor", Format.percent(ratios.ofTransfer))
+        line("informer replay / JSONDecoder floor", Format.percent(ratios.ofFoundationDecode))
+        line("informer replay / WatchEventDecoder", Format.percent(ratios.ofClientDecoder))
         out.append("")
         out.append("3. Client process memory (VmRSS; the server's copy lives in the child, pid \(w.serverPid))")
-        line("at start", Self.mebibytes(Double(memory.start)))
+        line("at start", Format.mebibytes(Double(memory.start)))
         line(
-            "empty store synced (after malloc_trim)", Self.mebibytes(Double(memory.emptyStore)),
-            "(" + Self.mebibytes(Double(memory.emptyStoreTrimmed)) + ")")
+            "empty store synced (after malloc_trim)", Format.mebibytes(Double(memory.emptyStore)),
+            "(" + Format.mebibytes(Double(memory.emptyStoreTrimmed)) + ")")
         line(
-            "\(w.pods) Pods synced (after malloc_trim)", Self.mebibytes(Double(memory.synced)),
-            "(" + Self.mebibytes(Double(memory.syncedTrimmed)) + ")")
+            "\(w.pods) Pods synced (after malloc_trim)", Format.mebibytes(Double(memory.synced)),
+            "(" + Format.mebibytes(Double(memory.syncedTrimmed)) + ")")
         line(
             "store cost per Pod (after malloc_trim)", String(format: "%.0f B/Pod", memory.bytesPerPod),
             String(format: "(%.0f B/Pod)", memory.bytesPerPodTrimmed))
         line(
-            "after \(2 * w.eventsPerPhase) updates (after malloc_trim)", Self.mebibytes(Double(memory.afterEvents)),
-            "(" + Self.mebibytes(Double(memory.afterEventsTrimmed)) + ")")
+            "after \(2 * w.eventsPerPhase) updates (after malloc_trim)", Format.mebibytes(Double(memory.afterEvents)),
+            "(" + Format.mebibytes(Double(memory.afterEventsTrimmed)) + ")")
         line(
-            "server child RSS after seeding / at end", Self.mebibytes(Double(memory.serverChildAfterSeed)),
-            memory.serverChildAfterEvents.map { "/ " + Self.mebibytes(Double($0)) + " (not in the figures above)" }
+            "server child RSS after seeding / at end", Format.mebibytes(Double(memory.serverChildAfterSeed)),
+            memory.serverChildAfterEvents.map { "/ " + Format.mebibytes(Double($0)) + " (not in the figures above)" }
                 ?? "")
         return out.joined(separator: "\n")
-    }
-
-    // MARK: - Formatting
-
-    static func seconds(_ value: Double) -> String { String(format: "%.3f s", value) }
-
-    static func rate(_ value: Double, _ unit: String) -> String {
-        grouped(Int(value.rounded())) + " " + unit
-    }
-
-    static func cores(_ value: Double) -> String { String(format: "client CPU %.2f cores", value) }
-
-    static func percent(_ value: Double) -> String { String(format: "%.0f %%", value * 100) }
-
-    static func mebibytes(_ bytes: Double) -> String { String(format: "%.1f MiB", bytes / 1_048_576) }
-
-    static func grouped(_ value: Int) -> String {
-        let digits = Array(String(abs(value)))
-        var out = ""
-        for (offset, digit) in digits.enumerated() {
-            if offset > 0, (digits.count - offset) % 3 == 0 { out.append(",") }
-            out.append(digit)
-        }
-        return (value < 0 ? "-" : "") + out
-    }
-
-    // MARK: - Environment
-
-    #if DEBUG
-        static let buildMode = "debug"
-    #else
-        static let buildMode = "release"
-    #endif
-
-    static func loadAverage() -> String {
-        let text = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? ""
-        return text.split(separator: " ").first.map(String.init) ?? "unknown"
-    }
-
-    static func cpuModel() -> String {
-        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown CPU" }
-        for line in info.split(separator: "\n") where line.hasPrefix("model name") {
-            if let colon = line.firstIndex(of: ":") {
-                return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
-            }
-        }
-        return "unknown CPU"
-    }
-
-    /// The toolchain on PATH (`swift --version`), which `swift run` used to build this binary; falls back to the
-    /// compiler version this binary was built with when no toolchain is on PATH.
-    static func swiftVersion() -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["swift", "--version"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        if (try? process.run()) != nil {
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            if process.terminationStatus == 0,
-                let first = String(decoding: data, as: UTF8.self).split(separator: "\n").first(where: {
-                    $0.contains("Swift version")
-                })
-            {
-                return first.trimmingCharacters(in: .whitespaces)
-            }
-        }
-        #if compiler(>=6.3)
-            return "Swift compiler >= 6.3"
-        #elseif compiler(>=6.2)
-            return "Swift compiler 6.2"
-        #elseif compiler(>=6.1)
-            return "Swift compiler 6.1"
-        #else
-            return "Swift compiler 6.0"
-        #endif
     }
 }

@@ -1,4 +1,5 @@
 import ApusCore
+import BenchmarkSupport
 import Foundation
 import KubernetesClient
 import NIOConcurrencyHelpers
@@ -90,28 +91,10 @@ final class WatcherErrors: Sendable {
 struct BenchmarkRunner {
     let options: BenchmarkOptions
 
-    static func main(arguments: [String]) async -> Int32 {
-        let options: BenchmarkOptions
-        do {
-            options = try BenchmarkOptions.parse(arguments)
-        } catch is UsageRequested {
-            print(BenchmarkOptions.usage)
-            return 0
-        } catch {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            return 2
-        }
-        do {
+    static func main(options: BenchmarkOptions) async -> Int32 {
+        await runAndPrint("InformerBenchmark") {
             let report = try await BenchmarkRunner(options: options).run()
-            if options.json {
-                print(try report.json())
-            } else {
-                print(report.table())
-            }
-            return 0
-        } catch {
-            FileHandle.standardError.write(Data("InformerBenchmark failed: \(error)\n".utf8))
-            return 1
+            return options.json ? try report.json() : report.table()
         }
     }
 
@@ -122,14 +105,8 @@ struct BenchmarkRunner {
         var report = Report(options: options)
         report.memory.start = try Memory.residentBytes()
         progress("starting the API test server child and seeding \(options.pods) Pods")
-        let server = try ServerProcess(options: options)
-        do {
-            try await measure(server: server, into: &report)
-        } catch {
-            await server.stop()
-            throw error
-        }
-        await server.stop()
+        let server = try ServerProcess(serving: options.arguments, outputLabel: "apus.bench.child-stdout")
+        try await server.stopping { try await measure(server: $0, into: &report) }
         return report
     }
 
@@ -140,15 +117,7 @@ struct BenchmarkRunner {
         report.workload.seedSeconds = ready.seedSeconds
         report.memory.serverChildAfterSeed = ready.residentBytes
 
-        let scheme = URL(string: ready.baseURL)?.scheme ?? "?"
-        guard let serverURL = URL(string: ready.baseURL) else {
-            throw BenchmarkError("the server child reported an invalid URL '\(ready.baseURL)'")
-        }
-        let configuration = ClientConfiguration(
-            server: serverURL,
-            tls: .init(certificateAuthorityPEM: scheme == "https" ? ready.caCertificatePEM : nil),
-            authentication: .bearer(ready.token), requestTimeout: .seconds(120))
-        let client = try KubernetesClient(configuration: configuration)
+        let client = try KubernetesClient(configuration: try ready.endpoint.clientConfiguration())
         do {
             try await measureInformer(client: client, server: server, ready: ready, into: &report)
         } catch {
@@ -296,7 +265,6 @@ struct BenchmarkRunner {
     }
 
     private func progress(_ message: String) {
-        guard !options.json else { return }
-        FileHandle.standardError.write(Data("… \(message)\n".utf8))
+        if !options.json { printProgress(message) }
     }
 }

@@ -1,4 +1,5 @@
 import ApusCore
+import BenchmarkSupport
 import Foundation
 import KubernetesTestServer
 
@@ -9,25 +10,14 @@ import KubernetesTestServer
 /// outlives the benchmark.
 enum ServerChild {
     static func main(arguments: [String]) async -> Int32 {
-        do {
+        await runServerChild(named: "InformerBenchmark --serve") {
             let options = try BenchmarkOptions.parse(arguments)
             var serverOptions = KubernetesTestServer.Options()
             serverOptions.tls = options.tls
             // Every write of the run must stay resumable, or the replay and the transfer baseline would get 410.
             serverOptions.eventLogCapacity = max(
                 serverOptions.eventLogCapacity, 2 * (options.pods + 2 * options.events))
-            let server = try await KubernetesTestServer.start(serverOptions)
-            do {
-                try await serve(server, options: options)
-            } catch {
-                try? await server.shutdown()
-                throw error
-            }
-            try await server.shutdown()
-            return 0
-        } catch {
-            FileHandle.standardError.write(Data("InformerBenchmark --serve: error: \(error)\n".utf8))
-            return 1
+            try await withTestServer(serverOptions) { try await serve($0, options: options) }
         }
     }
 
@@ -51,7 +41,7 @@ enum ServerChild {
         let seedTime = started.duration(to: .now)
         try writeJSONLine(
             ChildReady(
-                baseURL: server.baseURL, token: server.token, caCertificatePEM: server.caCertificatePEM,
+                endpoint: ServerEndpoint(server),
                 pods: options.pods, averagePodJSONBytes: sampledBytes / max(1, samples),
                 seedSeconds: seedTime.seconds, residentBytes: try Memory.residentBytes()),
             to: .standardOutput)
@@ -69,45 +59,32 @@ enum ServerChild {
             }
         }
 
-        let reader = LineReader(.standardInput, label: "apus.bench.child-stdin")
-        while let line = await reader.next() {
-            let command: ChildCommand
-            do {
-                command = try JSONDecoder().decode(ChildCommand.self, from: Data(line.utf8))
-            } catch {
-                throw BenchmarkError("unreadable command '\(line)': \(error)")
+        try await serveChildCommands(label: "apus.bench.child-stdin") { (command: ChildCommand) in
+            var reply = ChildReply()
+            switch command.operation {
+            case .replay:
+                let hold = 1.0 + 4 * secondsPerWrite * Double(command.count)
+                server.setResponseDelay(.milliseconds(Int(hold * 1000)))
+                defer { server.setResponseDelay(.zero) }
+                server.dropAllWatches()
+                reply.fromRevision = server.currentResourceVersion
+                let writing = ContinuousClock.now
+                try write(command.count)
+                reply.writeSeconds = writing.duration(to: .now).seconds
+                reply.toRevision = server.currentResourceVersion
+                reply.overlapped = server.activeWatchCount > 0
+            case .live:
+                reply.fromRevision = server.currentResourceVersion
+                let writing = ContinuousClock.now
+                try write(command.count)
+                reply.writeSeconds = writing.duration(to: .now).seconds
+                reply.toRevision = server.currentResourceVersion
+            case .memory:
+                reply.residentBytes = try Memory.residentBytes()
+            case .quit:
+                break
             }
-            var reply = ChildReply(ok: true)
-            do {
-                switch command.operation {
-                case .replay:
-                    let hold = 1.0 + 4 * secondsPerWrite * Double(command.count)
-                    server.setResponseDelay(.milliseconds(Int(hold * 1000)))
-                    server.dropAllWatches()
-                    reply.fromRevision = server.currentResourceVersion
-                    let writing = ContinuousClock.now
-                    try write(command.count)
-                    reply.writeSeconds = writing.duration(to: .now).seconds
-                    reply.toRevision = server.currentResourceVersion
-                    reply.overlapped = server.activeWatchCount > 0
-                    server.setResponseDelay(.zero)
-                case .live:
-                    reply.fromRevision = server.currentResourceVersion
-                    let writing = ContinuousClock.now
-                    try write(command.count)
-                    reply.writeSeconds = writing.duration(to: .now).seconds
-                    reply.toRevision = server.currentResourceVersion
-                case .memory:
-                    reply.residentBytes = try Memory.residentBytes()
-                case .quit:
-                    try writeJSONLine(reply, to: .standardOutput)
-                    return
-                }
-            } catch {
-                server.setResponseDelay(.zero)
-                reply = ChildReply(ok: false, error: "\(error)")
-            }
-            try writeJSONLine(reply, to: .standardOutput)
+            return reply
         }
     }
 }

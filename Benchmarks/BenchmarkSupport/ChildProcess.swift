@@ -1,21 +1,23 @@
 import Foundation
 
-/// The API test server running as a child process of the benchmark (this binary with `--serve`).
+/// A child process of the benchmark (this same executable with other arguments) spoken to over its stdin and
+/// stdout, one JSON object per line: first a `Ready` line, then one `Reply` per `Command`.
 ///
-/// A separate process keeps the server's copy of every object (and its event log) out of the benchmark's RSS,
-/// so the memory figures are the client's alone.
-final class ServerProcess {
+/// Running the API test server in a child keeps the server's copy of every object out of the benchmark's RSS, so
+/// the memory figures are the measured component's alone.
+public final class ChildProcess<Ready: Decodable, Command: ChildCommandMessage, Reply: ChildReplyMessage> {
     private let process: Process
     private let input: FileHandle
     private let output: LineReader
 
-    var pid: Int32 { process.processIdentifier }
+    public var pid: Int32 { process.processIdentifier }
 
-    /// Starts `<this executable> --serve <flags>`; its stderr is shared with ours so its errors stay visible.
-    init(options: BenchmarkOptions) throws {
+    /// Starts `<this executable> --serve <arguments>`; its stderr is shared with ours so its errors stay visible.
+    /// - Parameter outputLabel: the label of the queue that reads the child's stdout.
+    public init(serving arguments: [String], outputLabel: String) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try Self.executablePath())
-        process.arguments = ["--serve"] + options.arguments
+        process.arguments = [serveFlag] + arguments
         let stdin = Pipe()
         let stdout = Pipe()
         process.standardInput = stdin
@@ -27,16 +29,16 @@ final class ServerProcess {
         }
         self.process = process
         self.input = stdin.fileHandleForWriting
-        self.output = LineReader(stdout.fileHandleForReading, label: "apus.bench.destination.child-stdout")
+        self.output = LineReader(stdout.fileHandleForReading, label: outputLabel)
     }
 
     /// Waits for the child to have started and seeded the server.
-    func ready() async throws -> ChildReady {
+    public func ready() async throws -> Ready {
         guard let line = await output.next() else {
             throw BenchmarkError("the server child exited before it was ready (see its error above)")
         }
         do {
-            return try JSONDecoder().decode(ChildReady.self, from: Data(line.utf8))
+            return try JSONDecoder().decode(Ready.self, from: Data(line.utf8))
         } catch {
             throw BenchmarkError("unexpected first line from the server child: '\(line.prefix(200))'")
         }
@@ -45,32 +47,45 @@ final class ServerProcess {
     /// Sends one command and waits for the reply.
     /// - Throws: ``BenchmarkError`` when the child failed the command or died.
     @discardableResult
-    func send(_ command: ChildCommand) async throws -> ChildReply {
-        let operation = command.operation
+    public func send(_ command: Command) async throws -> Reply {
+        let operation = command.operationName
         do {
             try writeJSONLine(command, to: input)
         } catch {
             throw BenchmarkError("cannot write to the server child (did it exit?): \(error)")
         }
         guard let line = await output.next() else {
-            throw BenchmarkError("the server child exited while running '\(operation.rawValue)'")
+            throw BenchmarkError("the server child exited while running '\(operation)'")
         }
-        let reply: ChildReply
+        let reply: Reply
         do {
-            reply = try JSONDecoder().decode(ChildReply.self, from: Data(line.utf8))
+            reply = try JSONDecoder().decode(Reply.self, from: Data(line.utf8))
         } catch {
             throw BenchmarkError("unreadable reply from the server child: '\(line.prefix(200))'")
         }
         guard reply.ok else {
-            throw BenchmarkError("the server child failed '\(operation.rawValue)': \(reply.error ?? "no detail")")
+            throw BenchmarkError("the server child failed '\(operation)': \(reply.error ?? "no detail")")
         }
         return reply
     }
 
+    /// Runs `body` with the child, then stops it, whether `body` throws or not.
+    public func stopping<Result>(after body: (ChildProcess) async throws -> Result) async throws -> Result {
+        let result: Result
+        do {
+            result = try await body(self)
+        } catch {
+            await stop()
+            throw error
+        }
+        await stop()
+        return result
+    }
+
     /// Asks the child to exit and waits up to 10 s; terminates it (by its pid) if it does not.
-    func stop() async {
+    public func stop() async {
         if process.isRunning {
-            _ = try? await send(ChildCommand(operation: .quit))
+            _ = try? await send(.quit)
         }
         try? input.close()
         let deadline = ContinuousClock.now + .seconds(10)

@@ -1,35 +1,45 @@
 import ApusCore
 
-/// Builds the Pods the benchmark serves (the informer benchmark's Pods, so the two benchmarks' memory figures
-/// compare): shaped like `kubectl get pod -o json` output of a meshed Deployment
+/// Builds the Pods the benchmark serves: shaped like `kubectl get pod -o json` output of a meshed Deployment
 /// replica (an app container and a proxy sidecar with env, ports, resources, mounts and a security context; an
 /// owner reference, labels and annotations; a Running status with IPs, conditions and container statuses), about
 /// 3 KiB of JSON as the server stores it.
 ///
 /// Fields the client's `Pod` model does not keep (dnsPolicy, schedulerName, qosClass, …) are included on purpose:
 /// a real watch stream carries them and the decoder has to skip them, which is part of the cost being measured.
-/// Everything is derived from the index, so the parent and the server child agree on names without talking.
-enum PodFactory {
-    static let namespaceCount = 20
-    static let apps = [
+/// Everything is derived from the index, so the parent and the server child agree on names without talking. Both
+/// the informer and the destination benchmark serve these Pods, so their memory figures compare.
+public enum PodFactory {
+    /// Pods spread round-robin over this many namespaces, `bench-00` …
+    public static let namespaceCount = 20
+    /// The Deployments the Pods belong to, round-robin by index.
+    public static let apps = [
         "checkout", "cart", "payments", "catalog", "search", "auth", "orders", "shipping", "frontend", "reviews",
     ]
 
-    static func namespace(index: Int) -> String {
+    /// The namespace of pod `index`.
+    public static func namespace(index: Int) -> String {
         "bench-" + String(index % namespaceCount).leftPadded(to: 2)
     }
 
-    static func name(index: Int) -> String {
+    /// The name of pod `index`, shaped like a ReplicaSet-generated one.
+    public static func name(index: Int) -> String {
         let app = apps[index % apps.count]
         return "\(app)-\(templateHash(app))-\(suffix(index))"
     }
 
-    static func key(index: Int) -> ObjectKey { ObjectKey(namespace: namespace(index: index), name: name(index: index)) }
+    /// The namespace and name of pod `index`.
+    public static func key(index: Int) -> ObjectKey {
+        ObjectKey(namespace: namespace(index: index), name: name(index: index))
+    }
 
-    static func podIP(index: Int) -> String { "10.\(1 + index / 65_536).\((index / 256) % 256).\(index % 256)" }
+    /// The address pod `index` reports in its status.
+    public static func podIP(index: Int) -> String {
+        "10.\(1 + index / 65_536).\((index / 256) % 256).\(index % 256)"
+    }
 
     /// The pod as the server child seeds it.
-    static func pod(index: Int) -> JSONValue {
+    public static func pod(index: Int) -> JSONValue {
         let app = apps[index % apps.count]
         let hash = templateHash(app)
         let podIP = podIP(index: index)
@@ -176,11 +186,5 @@ enum PodFactory {
             defer { index = end }
             return String(h[index..<end])
         }.joined(separator: "-")
-    }
-}
-
-extension String {
-    func leftPadded(to width: Int, with pad: Character = "0") -> String {
-        count >= width ? self : String(repeating: pad, count: width - count) + self
     }
 }
