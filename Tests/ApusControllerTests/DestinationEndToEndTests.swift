@@ -119,7 +119,7 @@ struct TestMesh {
 
         let mesh = try TestMesh.make()
         let controller = try Self.startController(fixture: fixture, mesh: mesh, port: 0)
-        let port = await controller.server.port()
+        let port = try await controller.server.port()
         // The proxy presents its identity and checks the server's: apus-destination.apus.serviceaccount...
         let proxy = DestinationClient(
             configuration: .init(
@@ -197,7 +197,7 @@ struct TestMesh {
             configuration: .init(host: "127.0.0.1", port: 0, heartbeatInterval: .milliseconds(100)),
             certificates: mesh.servingCertificates())
         let run = Task { try await server.run() }
-        let port = await server.port()
+        let port = try await server.port()
         let proxy = DestinationClient(
             configuration: .init(
                 host: "127.0.0.1", port: port, tls: .credentials(try mesh.proxyCredentials()), namespace: "shop",
@@ -222,14 +222,14 @@ struct TestMesh {
         let run: Task<Void, any Error>
         let port: Int
 
-        static func start(_ mesh: TestMesh) async -> MTLSServer {
+        static func start(_ mesh: TestMesh) async throws -> MTLSServer {
             let server = DestinationServer(
                 endpoints: EndpointsIndex(configuration: Fixtures.configuration),
                 profiles: ProfileIndex(configuration: Fixtures.configuration),
                 configuration: .init(host: "127.0.0.1", port: 0, heartbeatInterval: .milliseconds(100)),
                 certificates: mesh.servingCertificates())
             let run = Task { try await server.run() }
-            return MTLSServer(server: server, run: run, port: await server.port())
+            return MTLSServer(server: server, run: run, port: try await server.port())
         }
 
         func client(_ tls: DestinationClientTLS, serverIdentity: String? = nil) -> DestinationClient {
@@ -252,7 +252,7 @@ struct TestMesh {
     func refusesClientsWithoutMeshIdentity() async throws {
         let mesh = try TestMesh.make()
         let foreign = try TestMesh.make()
-        let running = await MTLSServer.start(mesh)
+        let running = try await MTLSServer.start(mesh)
         let anchors = try NIOSSLCertificate.fromPEMBytes(Array(mesh.roots.anchorsPEM.utf8))
 
         var anonymous = TLSConfiguration.makeClientConfiguration()
@@ -291,6 +291,32 @@ struct TestMesh {
         await running.stop()
     }
 
+    @Test("port() reports a server that stopped before listening instead of waiting forever")
+    func portReportsAServerThatNeverListened() async throws {
+        let mesh = try TestMesh.make()
+        func server(port: Int, ready: @escaping @Sendable () async -> Void) -> DestinationServer {
+            DestinationServer(
+                endpoints: EndpointsIndex(configuration: Fixtures.configuration),
+                profiles: ProfileIndex(configuration: Fixtures.configuration),
+                configuration: .init(host: "127.0.0.1", port: port), certificates: mesh.servingCertificates(),
+                ready: ready)
+        }
+        // Cancelled while waiting for the caches: never listened.
+        let waiting = server(port: 0, ready: { try? await Task.sleep(for: .seconds(3600)) })
+        let run = Task { try await waiting.run() }
+        run.cancel()
+        _ = await run.result
+        await #expect(throws: DestinationServer.NotListeningError.self) { _ = try await waiting.port() }
+
+        // The port is taken by another server: run() fails, and so does port().
+        let first = try await MTLSServer.start(mesh)
+        let second = server(port: first.port, ready: {})
+        await #expect(throws: (any Error).self) { try await second.run() }
+        await #expect(throws: DestinationServer.NotListeningError.self) { _ = try await second.port() }
+        first.run.cancel()
+        _ = await first.run.result
+    }
+
     @Test("bad PEM for the client identity is a typed error naming the part that does not parse")
     func rejectsUnparsablePEM() throws {
         let mesh = try TestMesh.make()
@@ -316,7 +342,7 @@ struct TestMesh {
     @Test("the destination certificate follows the issuer: untrusted until loaded, re-issued and re-anchored")
     func servingCertificateFollowsTheIssuer() async throws {
         let mesh = TestMesh(roots: try TrustRoots.generate(), issuer: IdentityIssuer())
-        let running = await MTLSServer.start(mesh)
+        let running = try await MTLSServer.start(mesh)
         #expect(running.server.certificates.isTrusted == false)  // bootstrap certificate until the issuer loads
 
         let early = running.client(.configuration(try Self.clientConfiguration(for: mesh.roots)))

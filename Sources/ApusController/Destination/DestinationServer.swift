@@ -71,7 +71,21 @@ public final class DestinationServer: ServiceLifecycle.Service, Sendable {
     private let destination: DestinationConfiguration
     private let ready: @Sendable () async -> Void
     private let logger: Logger
-    private let bound = NIOLockedValueBox<(port: Int?, waiters: [CheckedContinuation<Int, Never>])>((nil, []))
+    /// The bound port, or why there will never be one; callers of ``port()`` wait on it.
+    private enum Listening {
+        case pending(waiters: [CheckedContinuation<Int, any Error>])
+        case bound(Int)
+        case stopped(any Error & Sendable)
+    }
+
+    /// Why ``port()`` gave up: the server stopped before it was listening (cancelled during cache sync, or the bind or
+    /// bootstrap certificate failed; the reason is in ``underlying``).
+    public struct NotListeningError: Error, CustomStringConvertible {
+        public let underlying: any Error & Sendable
+        public var description: String { "the destination server stopped before listening: \(underlying)" }
+    }
+
+    private let listening = NIOLockedValueBox(Listening.pending(waiters: []))
     private let endpointFrames = FrameCache<EndpointTarget>()
     private let profileFrames = FrameCache<ProfileTarget>()
     private let metrics = NIOLockedValueBox(Metrics())
@@ -119,20 +133,52 @@ public final class DestinationServer: ServiceLifecycle.Service, Sendable {
     public var currentMetrics: Metrics { metrics.withLockedValue { $0 } }
 
     /// The port the listener bound (useful with port 0); waits until it is bound.
-    public func port() async -> Int {
-        await withCheckedContinuation { continuation in
-            let port = bound.withLockedValue { bound -> Int? in
-                if bound.port == nil { bound.waiters.append(continuation) }
-                return bound.port
+    /// - Throws: ``NotListeningError`` when ``run()`` ended before the port was bound.
+    public func port() async throws -> Int {
+        try await withCheckedThrowingContinuation { continuation in
+            let state = listening.withLockedValue { listening -> Listening in
+                if case .pending(var waiters) = listening {
+                    waiters.append(continuation)
+                    listening = .pending(waiters: waiters)
+                }
+                return listening
             }
-            if let port { continuation.resume(returning: port) }
+            switch state {
+            case .pending: break
+            case .bound(let port): continuation.resume(returning: port)
+            case .stopped(let error): continuation.resume(throwing: NotListeningError(underlying: error))
+            }
+        }
+    }
+
+    /// Settles the listening state once; waiters of ``port()`` get the outcome.
+    private func settleListening(_ outcome: Result<Int, any Error & Sendable>) {
+        let waiters = listening.withLockedValue { listening -> [CheckedContinuation<Int, any Error>] in
+            guard case .pending(let waiters) = listening else { return [] }
+            switch outcome {
+            case .success(let port): listening = .bound(port)
+            case .failure(let error): listening = .stopped(error)
+            }
+            return waiters
+        }
+        for waiter in waiters {
+            switch outcome {
+            case .success(let port): waiter.resume(returning: port)
+            case .failure(let error): waiter.resume(throwing: NotListeningError(underlying: error))
+            }
         }
     }
 
     /// Listens until graceful shutdown or cancellation; open streams are closed on the way out.
     /// - Throws: when the port cannot be bound or the bootstrap certificate cannot be made.
     public func run() async throws {
-        try await cancelWhenGracefulShutdown { try await self.runUntilCancelled() }
+        do {
+            try await cancelWhenGracefulShutdown { try await self.runUntilCancelled() }
+        } catch {
+            settleListening(.failure(error))
+            throw error
+        }
+        settleListening(.failure(CancellationError()))  // a no-op when it was listening
     }
 
     private func runUntilCancelled() async throws {
@@ -161,12 +207,7 @@ public final class DestinationServer: ServiceLifecycle.Service, Sendable {
                 }
             }
         let port = server.channel.localAddress?.port ?? configuration.port
-        let waiters = bound.withLockedValue { bound in
-            bound.port = port
-            defer { bound.waiters = [] }
-            return bound.waiters
-        }
-        for waiter in waiters { waiter.resume(returning: port) }
+        settleListening(.success(port))
         logger.info(
             "destination server listening",
             metadata: ["port": "\(port)", "identity": "\(certificates.configuration.identity)"])
