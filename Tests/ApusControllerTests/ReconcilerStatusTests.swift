@@ -164,6 +164,65 @@ import Testing
         try await fixture.shutdown()
     }
 
+    @Test("invalid Linkerd policy annotations on a Service get a Warning Event naming each key; valid ones none")
+    func invalidServiceAnnotationsAreReported() async throws {
+        let fixture = try await ControllerManagerTests.Fixture.start(
+            rules: try ControllerManagerTests.checkedInRules())
+        let admin = fixture.admin
+        _ = try await admin.create(Namespace(metadata: ObjectMeta(name: "apus")))
+        _ = try await admin.create(Namespace(metadata: ObjectMeta(name: "shop")))
+        func service(_ name: String, _ annotations: [String: String]) -> ApusCore.Service {
+            ApusCore.Service(
+                metadata: ObjectMeta(name: name, namespace: "shop", annotations: annotations),
+                spec: ServiceSpec(selector: ["app": name], ports: [ServicePort(name: "http", port: 80)]))
+        }
+        _ = try await admin.create(
+            service("web", ["retry.linkerd.io/http": "5xx", "retry.linkerd.io/limit": "many"]), namespace: "shop")
+        _ = try await admin.create(
+            service("api", ["retry.linkerd.io/http": "5xx", "timeout.linkerd.io/request": "2s"]), namespace: "shop")
+
+        let client = try fixture.controllerClient()
+        let manager = ControllerManager(
+            client: client,
+            options: ControllerOptions(leaderElection: false, identity: "replica-a", resyncPeriod: nil))
+        let statuses = try StatusReconcilers(manager: manager)
+        let run = Task { await manager.run() }
+        let lead = Task {
+            await manager.waitUntilSynced()
+            await statuses.runWhileLeading()
+        }
+        func warnings() async throws -> [Event] {
+            try await admin.list(Event.self, namespace: "shop").items.filter {
+                $0.reason == ServiceAnnotationReconciler.invalidAnnotationReason
+            }
+        }
+        try await eventually { try await warnings().count == 1 }
+        let warning = try #require(try await warnings().first)
+        #expect(warning.type == "Warning")
+        #expect(warning.involvedObject.kind == "Service" && warning.involvedObject.name == "web")
+        #expect(warning.message?.contains("metadata.annotations[retry.linkerd.io/limit]") == true)
+
+        // Fixing the value stops the reports; the valid Service never got one.
+        var web = try await admin.get(ApusCore.Service.self, name: "web", namespace: "shop")
+        web.metadata.annotations?["retry.linkerd.io/limit"] = "3"
+        _ = try await admin.update(web)
+        try await eventually {
+            manager.services.store.get(ObjectKey("shop/web"))?.metadata.annotations?[
+                "retry.linkerd.io/limit"] == "3"
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(try await warnings().count == 1)
+        #expect(try await warnings().allSatisfy { $0.involvedObject.name == "web" && ($0.count ?? 1) == 1 })
+
+        lead.cancel()
+        run.cancel()
+        await lead.value
+        await run.value
+        #expect(fixture.refusals.withLockedValue { $0 }.map(\.description) == [])
+        try await client.shutdown()
+        try await fixture.shutdown()
+    }
+
     /// The stored profile with a valid regex and ratio (a full update, so `generation` becomes 2).
     static func fixedProfile(_ admin: KubernetesClient) async throws -> JSONValue {
         let stored = try await admin.get(ServiceProfile.resourceType, name: host, namespace: "shop")

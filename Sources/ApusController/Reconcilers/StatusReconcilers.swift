@@ -3,7 +3,8 @@ import KubernetesClient
 import Logging
 import NIOConcurrencyHelpers
 
-/// The leader-only status writers for ServiceProfiles and HTTPRoutes, wired to a ``ControllerManager``'s caches.
+/// The leader-only status writers for ServiceProfiles and HTTPRoutes (and the Warning Events for invalid Service
+/// policy annotations), wired to a ``ControllerManager``'s caches.
 ///
 /// Construct it before the manager runs (it registers informer handlers, which must precede `run()`), and pass
 /// ``runAsLeader(_:)`` as a `LeaderComponent`. Every replica's handlers see the changes, but only the leader has
@@ -25,9 +26,13 @@ public final class StatusReconcilers: Sendable {
 
     public let profileReconciler: ServiceProfileStatusReconciler
     public let routeReconciler: HTTPRouteStatusReconciler
-    private let queues = NIOLockedValueBox<(profiles: WorkQueue<ObjectKey>, routes: WorkQueue<ObjectKey>)?>(nil)
+    public let serviceReconciler: ServiceAnnotationReconciler
+    private let queues = NIOLockedValueBox<
+        (profiles: WorkQueue<ObjectKey>, routes: WorkQueue<ObjectKey>, services: WorkQueue<ObjectKey>)?
+    >(nil)
     private let profileStore: Store<ServiceProfile>
     private let routeStore: Store<HTTPRoute>
+    private let serviceStore: Store<ApusCore.Service>
     private let workers: Int
     private let logger: Logger
 
@@ -52,8 +57,10 @@ public final class StatusReconcilers: Sendable {
         self.routeReconciler = HTTPRouteStatusReconciler(
             client: client, routes: routes.store, services: services.store, profiles: profiles.store, events: events,
             clusterDomain: clusterDomain)
+        self.serviceReconciler = ServiceAnnotationReconciler(services: services.store, events: events)
         self.profileStore = profiles.store
         self.routeStore = routes.store
+        self.serviceStore = services.store
         self.workers = workers
         self.logger = logger
         let queues = self.queues
@@ -81,6 +88,7 @@ public final class StatusReconcilers: Sendable {
         try services.addHandler { event in
             guard let current = queues.withLockedValue({ $0 }) else { return }
             if case .updated(let old, let new) = event, old == new { return }
+            if case .deleted = event {} else { await current.services.add(event.object.objectKey) }
             for key in HTTPRouteStatusReconciler.routes(referencing: event.object.objectKey, in: routeStore) {
                 await current.routes.add(key)
             }
@@ -97,13 +105,17 @@ public final class StatusReconcilers: Sendable {
         let profiles = Controller(
             name: "serviceprofile-status", reconciler: profileReconciler, workers: workers, logger: logger)
         let routes = Controller(name: "httproute-status", reconciler: routeReconciler, workers: workers, logger: logger)
-        queues.withLockedValue { $0 = (profiles.queue, routes.queue) }
+        let services = Controller(
+            name: "service-annotations", reconciler: serviceReconciler, workers: 1, logger: logger)
+        queues.withLockedValue { $0 = (profiles.queue, routes.queue, services.queue) }
         defer { queues.withLockedValue { $0 = nil } }
         for profile in profileStore.list() { await profiles.enqueue(profile.objectKey) }
         for route in routeStore.list() { await routes.enqueue(route.objectKey) }
+        for service in serviceStore.list() { await services.enqueue(service.objectKey) }
         await withDiscardingTaskGroup { group in
             group.addTask { await profiles.run() }
             group.addTask { await routes.run() }
+            group.addTask { await services.run() }
         }
     }
 }
