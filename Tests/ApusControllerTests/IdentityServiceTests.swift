@@ -144,10 +144,7 @@ import Testing
         let service = fixture.makeService()
         let (task, port) = try await startService(service)
         try await eventually { service.servingCertificate != nil }
-        let directory = try TemporaryDirectory()
-        try directory.write(
-            fixture.server.mintServiceAccountToken(
-                namespace: "default", serviceAccount: "web", audiences: Self.audience), to: "token")
+        let directory = try fixture.webTokenDirectory()
         let client = try makeIdentityClient(
             identity: Self.web, tokenPath: directory.path("token"), anchorsPEM: roots.anchorsPEM, port: port)
 
@@ -189,10 +186,7 @@ import Testing
             certificateChainPEM: serving.certificateChainPEM, privateKeyPEM: try serving.privateKeyPEM)
         let service = fixture.makeService(options: options)
         let (task, port) = try await startService(service)
-        let directory = try TemporaryDirectory()
-        try directory.write(
-            fixture.server.mintServiceAccountToken(
-                namespace: "default", serviceAccount: "web", audiences: Self.audience), to: "token")
+        let directory = try fixture.webTokenDirectory()
         let client = try makeIdentityClient(
             identity: Self.web, tokenPath: directory.path("token"), anchorsPEM: roots.anchorsPEM, port: port)
 
@@ -218,10 +212,7 @@ import Testing
         let roots = try TrustRoots.generate()
         let service = fixture.makeService()
         let (task, port) = try await startService(service)
-        let directory = try TemporaryDirectory()
-        try directory.write(
-            fixture.server.mintServiceAccountToken(
-                namespace: "default", serviceAccount: "web", audiences: Self.audience), to: "token")
+        let directory = try fixture.webTokenDirectory()
         var refresh = RefreshPolicy()
         refresh.initialBackoff = .milliseconds(50)
         refresh.maximumBackoff = .milliseconds(200)
@@ -261,10 +252,7 @@ import Testing
         try await eventually {
             service.issuer.credentials?.anchors.count == 2
         }
-        let directory = try TemporaryDirectory()
-        try directory.write(
-            fixture.server.mintServiceAccountToken(
-                namespace: "default", serviceAccount: "web", audiences: Self.audience), to: "token")
+        let directory = try fixture.webTokenDirectory()
 
         struct Loop {
             var failures: [String] = []

@@ -64,6 +64,17 @@ struct IdentityFixture {
     }
 
     var server: KubernetesTestServer { api.server }
+
+    /// A temporary directory whose file `token` holds a projected token of ServiceAccount `default/web` for the
+    /// identity audience, as a proxy of that workload would have mounted.
+    func webTokenDirectory() throws -> TemporaryDirectory {
+        let directory = try TemporaryDirectory()
+        try directory.write(
+            server.mintServiceAccountToken(
+                namespace: "default", serviceAccount: "web", audiences: [TokenReviewValidator.audience]),
+            to: "token")
+        return directory
+    }
     var admin: KubernetesClient { api.admin }
 
     /// Creates or replaces the issuer Secret and trust-roots ConfigMap.

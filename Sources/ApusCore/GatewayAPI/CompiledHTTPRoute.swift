@@ -286,20 +286,15 @@ extension HTTPRoute {
         for (index, filter) in (filters ?? []).enumerated() {
             let filterField = "\(field)[\(index)]"
             switch filter.type {
-            case "RequestHeaderModifier":
-                guard let modifier = filter.requestHeaderModifier else {
-                    issues.add("\(filterField).requestHeaderModifier", "required for type RequestHeaderModifier")
+            case "RequestHeaderModifier", "ResponseHeaderModifier":
+                let isRequest = filter.type == "RequestHeaderModifier"
+                let member = isRequest ? "requestHeaderModifier" : "responseHeaderModifier"
+                guard let modifier = isRequest ? filter.requestHeaderModifier : filter.responseHeaderModifier else {
+                    issues.add("\(filterField).\(member)", "required for type \(filter.type)")
                     continue
                 }
-                validateModifier(modifier, field: "\(filterField).requestHeaderModifier", issues: &issues)
-                result.append(.requestHeaderModifier(modifier))
-            case "ResponseHeaderModifier":
-                guard let modifier = filter.responseHeaderModifier else {
-                    issues.add("\(filterField).responseHeaderModifier", "required for type ResponseHeaderModifier")
-                    continue
-                }
-                validateModifier(modifier, field: "\(filterField).responseHeaderModifier", issues: &issues)
-                result.append(.responseHeaderModifier(modifier))
+                validateModifier(modifier, field: "\(filterField).\(member)", issues: &issues)
+                result.append(isRequest ? .requestHeaderModifier(modifier) : .responseHeaderModifier(modifier))
             case "RequestRedirect":
                 guard let redirect = filter.requestRedirect else {
                     issues.add("\(filterField).requestRedirect", "required for type RequestRedirect")
