@@ -8,11 +8,13 @@ let package = Package(
         .executable(name: "apus-controller", targets: ["apus-controller"]),
         .executable(name: "apus-proxy", targets: ["apus-proxy"]),
         .executable(name: "apus", targets: ["apus"]),
+        .executable(name: "apus-demo", targets: ["apus-demo"]),
         .library(name: "ApusCore", targets: ["ApusCore"]),
         .library(name: "KubernetesClient", targets: ["KubernetesClient"]),
         .library(name: "KubernetesTestServer", targets: ["KubernetesTestServer"]),
         .library(name: "ApusIdentity", targets: ["ApusIdentity"]),
         .library(name: "ApusIdentityClient", targets: ["ApusIdentityClient"]),
+        .library(name: "ApusInjector", targets: ["ApusInjector"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -26,6 +28,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-atomics.git", from: "1.3.0"),
     ],
     targets: [
         // Pure vocabulary shared by control and data plane: resource model, durations, route matching.
@@ -88,9 +91,11 @@ let package = Package(
             name: "ApusController",
             dependencies: [
                 "ApusCore",
+                "ApusInjector",
                 "KubernetesClient",
                 "ApusDestinationClient",
                 "ApusIdentity",
+                "ApusIdentityClient",
                 "ApusX509",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -137,11 +142,51 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // A C shim for local mode's process spawning: fork + own process group + parent-death signal + reset signal
+        // dispositions + exec, none of which Foundation's Process or posix_spawn offers together.
+        .target(
+            name: "CApusSpawn",
+            dependencies: []
+        ),
+        // Counts the heap allocations of opted-in threads (interposes glibc's malloc family in the test
+        // executable) for the proxy's allocation-budget test.
+        .target(
+            name: "CApusMallocCounter",
+            dependencies: []
+        ),
+        // Local mode (`apus-controller --local DIR`): the embedded API server as the cluster, manifests from a
+        // folder, a process-running kubelet, the EndpointSlice controller and proxy spawning.
+        .target(
+            name: "ApusLocal",
+            dependencies: [
+                "ApusCore",
+                "ApusController",
+                "ApusIdentity",
+                "ApusInjector",
+                "CApusSpawn",
+                "KubernetesClient",
+                "KubernetesTestServer",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        // Proxy injection as a pure function of the pod and its namespace: the decision, the rendered sidecar and
+        // the JSON patch, shared by the admission webhook and `apus inject`. No I/O.
+        .target(
+            name: "ApusInjector",
+            dependencies: ["ApusCore", "ApusX509"]
+        ),
         .executableTarget(
             name: "apus-controller",
             dependencies: [
                 "ApusCore",
                 "ApusController",
+                "ApusInjector",
+                "ApusLocal",
                 "KubernetesClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -150,11 +195,35 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
+        // The data plane: listeners, protocol detection, HTTP/1.1 and HTTP/2 forwarding on the event loop, mesh
+        // mTLS, discovery through the destination client, metrics and the admin server.
+        .target(
+            name: "ApusProxy",
+            dependencies: [
+                "ApusCore",
+                "ApusIdentity",
+                "ApusIdentityClient",
+                "ApusDestinationClient",
+                "ApusX509",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(
             name: "apus-proxy",
             dependencies: [
                 "ApusCore",
+                "ApusProxy",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
@@ -162,7 +231,23 @@ let package = Package(
             dependencies: [
                 "ApusCore",
                 "ApusIdentity",
+                "ApusInjector",
+                .product(name: "Yams", package: "Yams"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // The demo workloads of examples/demo (books app, hello/world, traffic generator); what local mode runs.
+        .executableTarget(
+            name: "apus-demo",
+            dependencies: [
+                "ApusCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // What the informer and destination benchmarks share: RSS/CPU readers, the JSON-lines child protocol, the
@@ -199,12 +284,38 @@ let package = Package(
             path: "Benchmarks/DestinationBenchmark"
         ),
         .executableTarget(
+            name: "ProxyBenchmark",
+            dependencies: [
+                "ApusController", "ApusDestinationClient", "ApusIdentity", "BenchmarkSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Benchmarks/ProxyBenchmark"
+        ),
+        // Proxy injector webhook latency over HTTPS at a fixed request rate (`make bench-injector`).
+        .executableTarget(
+            name: "InjectorBenchmark",
+            dependencies: [
+                "ApusController", "ApusCore", "ApusIdentity", "ApusInjector",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            path: "Benchmarks/InjectorBenchmark"
+        ),
+        .executableTarget(
             name: "IdentityBenchmark",
             dependencies: ["ApusIdentity", "ApusX509"],
             path: "Benchmarks/IdentityBenchmark"
         ),
         .testTarget(name: "ApusCoreTests", dependencies: ["ApusCore", .product(name: "Yams", package: "Yams")]),
         .testTarget(name: "ApusX509Tests", dependencies: ["ApusX509"]),
+        .testTarget(
+            name: "ApusInjectorTests",
+            dependencies: ["ApusInjector", "ApusCore", "apus", .product(name: "Yams", package: "Yams")],
+            exclude: ["Golden"]
+        ),
         .testTarget(
             name: "ApusIdentityTests",
             dependencies: [
@@ -218,7 +329,7 @@ let package = Package(
             name: "ApusControllerTests",
             dependencies: [
                 "apus", "apus-controller",
-                "ApusCore", "ApusController", "KubernetesClient", "KubernetesTestServer",
+                "ApusCore", "ApusController", "ApusInjector", "KubernetesClient", "KubernetesTestServer",
                 "ApusDestinationClient", "ApusX509",
                 "ApusIdentity", "ApusIdentityClient",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
@@ -264,6 +375,42 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
+        .testTarget(
+            name: "ApusProxyTests",
+            dependencies: [
+                "apus-proxy", "CApusMallocCounter",
+                "ApusCore", "ApusProxy", "ApusController", "ApusIdentity", "ApusIdentityClient",
+                "ApusDestinationClient", "ApusX509", "KubernetesClient", "KubernetesTestServer",
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "ApusLocalTests",
+            dependencies: [
+                "apus-controller", "apus-proxy", "apus-demo",
+                "ApusCore", "ApusLocal", "ApusController", "ApusIdentity", "KubernetesClient", "KubernetesTestServer",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "ApusDemoTests",
+            dependencies: [
+                "apus-demo",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
         // Offline checks of crds/, config/, charts/ and examples/; reads them from the checkout via #filePath.

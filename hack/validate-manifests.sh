@@ -95,9 +95,11 @@ fi
 grep -q 'name: serviceprofiles.linkerd.io' "$out/chart-no-gateway.yaml" \
     || fail "installGatewayAPICRDs=false dropped the ServiceProfile CRD"
 
-step "kubernetes-validate -k $kube_version --strict (RBAC, Namespace, CRDs, chart, example app)"
+step "kubernetes-validate -k $kube_version --strict (RBAC, Namespace, CRDs, chart, example and demo apps)"
 targets=("$out/default.yaml" "$out/chart.yaml")
 while IFS= read -r file; do targets+=("$file"); done < <(find "$root/examples/app" -name '*.yaml' | LC_ALL=C sort)
+# The demo's built-in objects (its ServiceProfiles and HTTPRoute are checked by ManifestTests).
+targets+=("$root/examples/demo/booksapp.yaml" "$root/examples/demo/hello-world/hello-world.yaml")
 if ! "$validate" -k "$kube_version" --strict --quiet "${targets[@]}" >"$out/validate.log" 2>&1; then
     cat "$out/validate.log" >&2
     fail "kubernetes-validate rejected the manifests above"

@@ -52,13 +52,20 @@ public struct IdentityCredentials: Sendable, CustomStringConvertible {
     /// already established keep the context (and certificate) they started with, so rotation drops nothing.
     /// The identity a peer proves is its certificate's DNS SAN, which the caller checks after the handshake.
     public func makeServerContext(requireClientCertificate: Bool = true) throws -> NIOSSLContext {
+        try NIOSSLContext(
+            configuration: try makeServerConfiguration(requireClientCertificate: requireClientCertificate))
+    }
+
+    /// The configuration behind ``makeServerContext(requireClientCertificate:)``, for callers that add to it
+    /// (e.g. the ALPN protocols a proxy's inbound listener offers).
+    public func makeServerConfiguration(requireClientCertificate: Bool = true) throws -> TLSConfiguration {
         var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: try sslCertificateChain(), privateKey: .privateKey(try sslPrivateKey()))
         configuration.minimumTLSVersion = .tlsv13
         configuration.trustRoots = .certificates(try sslAnchors())
         configuration.certificateVerification =
             requireClientCertificate ? .noHostnameVerification : .optionalVerification
-        return try NIOSSLContext(configuration: configuration)
+        return configuration
     }
 
     /// A client context for mesh traffic: presents this identity and verifies the server against the anchors.

@@ -139,6 +139,17 @@ final class APIChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
             if !keepAlive { done.assumeIsolated().whenComplete { _ in context.close(promise: nil) } }
         case .watch(let request, let timeout):
             startWatch(context: context, request, timeout: timeout, keepAlive: keepAlive)
+        case .deferred(let work):
+            // HTTP/1.1 pipelining holds the connection's next request until this response ends.
+            let loop = context.eventLoop
+            let bound = NIOLoopBound((handler: self, context: context), eventLoop: loop)
+            Task {
+                let outcome = await work()
+                loop.execute {
+                    guard bound.value.context.channel.isActive else { return }
+                    bound.value.handler.perform(context: bound.value.context, outcome, keepAlive: keepAlive)
+                }
+            }
         }
     }
 

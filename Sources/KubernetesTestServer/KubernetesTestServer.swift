@@ -34,8 +34,14 @@ import NIOSSL
 ///
 /// ## Known differences from the real API server
 ///
-/// - No admission chain (no mutating/validating webhooks, no quota, no LimitRanger), no RBAC: every authenticated
-///   user may do everything.
+/// - Mutating admission webhooks are called on creates (see ``MutatingAdmission``): rules, namespaceSelector and
+///   objectSelector (matchLabels and matchExpressions), HTTPS verified against `clientConfig.caBundle`,
+///   `timeoutSeconds`, `failurePolicy` (Ignore skips a failed call; Fail, the default, answers 500 InternalError
+///   `failed calling webhook …`), a denial as 403 `admission webhook "…" denied the request: …`, the JSONPatch
+///   applied, warnings as `Warning: 299 - "…"` headers. Not on updates, patches or deletes; no reinvocation,
+///   `matchConditions` or `matchPolicy: Equivalent`; `clientConfig.service` needs
+///   ``setWebhookServiceAddress(namespace:name:host:port:)``. No validating webhooks, no quota, no LimitRanger,
+///   no RBAC: every authenticated user may do everything.
 /// - No schema validation or pruning: any JSON object is accepted for any kind; only `metadata.name` is checked
 ///   (DNS-1123 subdomain) and `apiVersion`/`kind`/`namespace`/`name` must match the URL.
 /// - Almost no defaulting: only Namespace `status.phase: Active` plus the `kubernetes.io/metadata.name` label,
@@ -280,6 +286,17 @@ public final class KubernetesTestServer: Sendable {
         core.serviceAccountTokens.mint(
             namespace: namespace, serviceAccount: serviceAccount, audiences: audiences, expiration: expiration)
     }
+
+    // MARK: - Admission webhooks
+
+    /// Routes webhooks registered with `clientConfig.service` `namespace/name` to `host:port` (a test's local
+    /// listener); the serving certificate is still verified for `<name>.<namespace>.svc`, as the real server does.
+    public func setWebhookServiceAddress(namespace: String, name: String, host: String = "127.0.0.1", port: Int) {
+        core.admission.setServiceAddress(namespace: namespace, name: name, host: host, port: port)
+    }
+
+    /// Admission webhook calls attempted since start (answered or failed).
+    public var webhookCallCount: Int { core.admission.calls }
 
     // MARK: - Fault injection
 

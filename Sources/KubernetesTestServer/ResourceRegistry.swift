@@ -123,3 +123,8 @@ struct ResourceRegistry: Sendable {
         return registry
     }
 }
+
+extension ResourceRegistry {
+    /// Every served group/version/plural, for the discovery documents.
+    var all: [ResourceInfo] { Array(resources.values) }
+}

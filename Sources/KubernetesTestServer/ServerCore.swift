@@ -19,6 +19,8 @@ enum APIOutcome: Sendable {
     case response(status: HTTPResponseStatus, headers: HTTPHeaders, body: [UInt8])
     /// Start a watch stream; `timeout` ends it cleanly after that many seconds.
     case watch(WatchRequest, timeout: Int64?)
+    /// Answer once `work` finishes off the event loop (a create that calls admission webhooks).
+    case deferred(@Sendable () async -> APIOutcome)
 }
 
 /// A routed resource URL.
@@ -38,6 +40,8 @@ final class ServerCore: Sendable {
     let authorizer: (@Sendable (AuthorizationAttributes) -> Bool)?
     /// The ServiceAccount tokens the server minted, which its TokenReviews authenticate.
     let serviceAccountTokens: ServiceAccountTokens
+    /// Calls the stored MutatingWebhookConfigurations' webhooks on creates.
+    let admission = MutatingAdmission()
 
     init(options: KubernetesTestServer.Options, clientCA: Certificate?) {
         authorizer = options.authorizer
@@ -84,6 +88,11 @@ final class ServerCore: Sendable {
         for item in components?.queryItems ?? [] { query[item.name] = item.value ?? "" }
         let user = authenticate(request)
         do {
+            if request.method == .GET,
+                let document = state.withLockedValue({ Discovery.document(path: path, registry: $0.registry) })
+            {
+                return try Self.jsonResponse(.ok, document)
+            }
             let route = try self.route(path: path)
             let verb = route.map { Self.verb(request.method, $0, query) }
             let resourceName = route.map { $0.resource.type.plural + ($0.statusSubresource ? "/status" : "") }
@@ -112,7 +121,11 @@ final class ServerCore: Sendable {
             if query["dryRun"].map({ !$0.isEmpty }) ?? false {
                 throw APIError.badRequest("dryRun is not supported by the Apus test server")
             }
-            return try dispatch(request, route: route, query: query, user: user)
+            let outcome = try dispatch(request, route: route, query: query, user: user)
+            if request.method == .GET, !Self.isWatch(query), TableOutput.wanted(request.headers) {
+                return TableOutput.convert(outcome, resource: route.resource)
+            }
+            return outcome
         } catch let error as APIError {
             return Self.errorResponse(error)
         } catch let status as Status {
@@ -257,6 +270,12 @@ final class ServerCore: Sendable {
                 let answer = try handler(CreateRequest(object: body, namespace: route.namespace, user: user))
                 return try Self.jsonResponse(.created, answer)
             }
+            let calls = state.withLockedValue {
+                MutatingAdmission.plan(resource, namespace: route.namespace, object: body, state: $0)
+            }
+            if !calls.isEmpty {
+                return admitThenCreate(calls, resource: resource, route: route, body: body, user: user)
+            }
             let created = try state.withLockedValue { try $0.create(resource, namespace: route.namespace, body: body) }
             return try Self.jsonResponse(.created, created)
         case (.PUT, let name?):
@@ -297,6 +316,36 @@ final class ServerCore: Sendable {
             return try Self.jsonResponse(.ok, list)
         default:
             throw APIError.methodNotAllowed(request.method.rawValue)
+        }
+    }
+
+    /// A create whose object goes through mutating webhooks first (see ``MutatingAdmission``); their warnings
+    /// become `Warning` headers of the response.
+    private func admitThenCreate(
+        _ calls: [MutatingAdmission.Call], resource: ResourceInfo, route: ResourceRoute, body: JSONValue, user: String
+    ) -> APIOutcome {
+        let (admission, state) = (self.admission, self.state)
+        let namespace = route.namespace
+        return .deferred {
+            var object = body
+            if let namespace, (object[meta: "namespace"]?.stringValue ?? "").isEmpty {
+                object[meta: "namespace"] = .string(namespace)
+            }
+            do {
+                let admitted = try await admission.admit(
+                    calls, resource: resource, namespace: namespace, object: object, user: user)
+                let created = try state.withLockedValue {
+                    try $0.create(resource, namespace: namespace, body: admitted.object)
+                }
+                guard case .response(let status, var headers, let bytes) = try Self.jsonResponse(.created, created)
+                else { return Self.errorResponse(.internalError("unexpected outcome")) }
+                headers.add(contentsOf: MutatingAdmission.warningHeaders(admitted.warnings))
+                return .response(status: status, headers: headers, body: bytes)
+            } catch let error as APIError {
+                return Self.errorResponse(error)
+            } catch {
+                return Self.errorResponse(.internalError(String(describing: error)))
+            }
         }
     }
 

@@ -1,6 +1,8 @@
 import ApusController
 import ApusCore
+import ApusInjector
 import ArgumentParser
+import Foundation
 import KubernetesClient
 import Logging
 import Metrics
@@ -53,6 +55,38 @@ struct ApusControllerCommand: AsyncParsableCommand {
     @Option(help: "Extra DNS name for the destination service's serving certificate (repeatable).")
     var destinationDNSName: [String] = []
 
+    @Option(help: "Port of the proxy injector (mutating admission webhook, HTTPS, POST /inject).")
+    var injectorPort = 8443
+
+    @Option(help: "Extra DNS name for the proxy injector's serving certificate (repeatable).")
+    var injectorDNSName: [String] = []
+
+    @Option(
+        help: """
+            failurePolicy of the injector's webhook: Ignore (a down injector never blocks pod creation; such pods \
+            are reported as ProxyNotInjected Warning Events) or Fail (HA installs).
+            """)
+    var injectorFailurePolicy = "Ignore"
+
+    @Option(
+        help: """
+            Register the webhook with this https URL instead of the apus-injector Service (controllers running \
+            outside the cluster).
+            """)
+    var injectorWebhookURL: String?
+
+    @Option(help: "Image of the injected proxy (without the tag).")
+    var proxyImage = InjectorDefaults().proxyImage
+
+    @Option(help: "Tag of the injected proxy image (and the linkerd.io/proxy-version annotation).")
+    var proxyVersion = ApusVersion.current
+
+    @Option(help: "imagePullPolicy of the injected containers: Always, IfNotPresent or Never.")
+    var proxyImagePullPolicy = "IfNotPresent"
+
+    @Option(help: "Log level of injected proxies (config.linkerd.io/proxy-log-level overrides it per workload).")
+    var proxyLogLevel = InjectorDefaults().logLevel
+
     @Option(help: "Lifetime of issued proxy certificates, as a Go duration.")
     var identityIssuanceLifetime = "24h"
 
@@ -81,6 +115,18 @@ struct ApusControllerCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
+    @Option(
+        help: ArgumentHelp(
+            "Local mode: run a whole meshed cluster on this machine from the manifests in DIR (watched for changes).",
+            valueName: "DIR"))
+    var local: String?
+
+    @Option(help: "Local mode's state directory: generated CA, API server token, kubeconfig, per-pod files.")
+    var stateDir = ".apus"
+
+    @Option(help: "Local mode's first pod address (pods get 127.0.N.M addresses upwards from it).")
+    var localFirstPodAddress = "127.0.1.1"
+
     mutating func validate() throws {
         for (flag, value) in [
             ("--identity-issuance-lifetime", identityIssuanceLifetime),
@@ -97,8 +143,21 @@ struct ApusControllerCommand: AsyncParsableCommand {
         guard (1...65535).contains(destinationPort) else {
             throw ValidationError("--destination-port must be 1-65535")
         }
-        guard Set([destinationPort, identityPort, adminPort]).count == 3 else {
-            throw ValidationError("--admin-port, --identity-port and --destination-port must all differ")
+        guard (1...65535).contains(injectorPort) else { throw ValidationError("--injector-port must be 1-65535") }
+        guard Set([destinationPort, identityPort, adminPort, injectorPort]).count == 4 else {
+            throw ValidationError(
+                "--admin-port, --identity-port, --destination-port and --injector-port must all differ")
+        }
+        guard ["Ignore", "Fail"].contains(injectorFailurePolicy) else {
+            throw ValidationError("--injector-failure-policy must be Ignore or Fail")
+        }
+        guard ["Always", "IfNotPresent", "Never"].contains(proxyImagePullPolicy) else {
+            throw ValidationError("--proxy-image-pull-policy must be Always, IfNotPresent or Never")
+        }
+        if let injectorWebhookURL {
+            guard let url = URLComponents(string: injectorWebhookURL), url.scheme == "https", url.host != nil else {
+                throw ValidationError("--injector-webhook-url must be an https URL")
+            }
         }
         guard retryPeriodSeconds > 0, renewDeadlineSeconds > retryPeriodSeconds,
             leaseDurationSeconds > renewDeadlineSeconds
@@ -122,6 +181,10 @@ struct ApusControllerCommand: AsyncParsableCommand {
         // Every component records into one registry, exposed on the admin port.
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        if let local {
+            try await runLocal(manifests: local, registry: registry)
+            return
+        }
         let configuration: ClientConfiguration
         do {
             if let kubeconfig {
@@ -156,12 +219,34 @@ struct ApusControllerCommand: AsyncParsableCommand {
                 configuration: DestinationServer.servingConfiguration(
                     controlNamespace: controlNamespace, trustDomain: trustDomain, dnsNames: destinationDNSName),
                 logger: Logger(label: "apus.destination")))
+        // Proxy injection: every replica serves the webhook (the API server may call any of them); the leader
+        // keeps its registration's caBundle current and reports pods that were created without the proxy.
+        let injectorDefaults = InjectorDefaults(
+            proxyImage: proxyImage, proxyVersion: proxyVersion, imagePullPolicy: proxyImagePullPolicy,
+            logLevel: proxyLogLevel, controlPlaneNamespace: controlNamespace, trustDomain: trustDomain,
+            clusterDomain: clusterDomain)
+        let injector = InjectorWebhook(
+            manager: manager, defaults: injectorDefaults,
+            certificates: ServingCertificates(
+                issuer: identity.issuer,
+                configuration: InjectorWebhook.servingConfiguration(
+                    controlNamespace: controlNamespace, trustDomain: trustDomain, clusterDomain: clusterDomain,
+                    dnsNames: injectorDNSName),
+                logger: Logger(label: "apus.injector")),
+            configuration: InjectorWebhook.Configuration(port: injectorPort))
+        let webhookConfiguration = InjectorWebhookReconciler(
+            client: client, issuer: identity.issuer,
+            options: InjectorWebhookReconciler.Options(
+                controlNamespace: controlNamespace, failurePolicy: injectorFailurePolicy, url: injectorWebhookURL))
+        manager.addLeaderComponent { manager in await webhookConfiguration.runAsLeader(manager) }
+        let uninjected = try UninjectedPodReporter(manager: manager, defaults: injectorDefaults)
+        manager.addLeaderComponent { manager in await uninjected.runAsLeader(manager) }
         let admin = AdminServer(
             port: adminPort, registry: registry,
             readiness: {
                 manager.hasSynced ? .ready : .notReady(reason: "informer caches have not synced")
             })
-        // Started in this order, shut down in reverse: the destination listener closes first, the caches last.
+        // Started in this order, shut down in reverse: the listeners close first, the caches last.
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: [
@@ -170,6 +255,7 @@ struct ApusControllerCommand: AsyncParsableCommand {
                     .init(service: identity, successTerminationBehavior: .gracefullyShutdownGroup),
                     .init(service: indexes, successTerminationBehavior: .gracefullyShutdownGroup),
                     .init(service: destination, successTerminationBehavior: .gracefullyShutdownGroup),
+                    .init(service: injector, successTerminationBehavior: .gracefullyShutdownGroup),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: Logger(label: "apus.controller.lifecycle")))

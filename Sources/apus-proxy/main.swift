@@ -1,10 +1,43 @@
 import ApusCore
+import ApusProxy
+import Foundation
+import Logging
+import ServiceLifecycle
 
-// The data plane lands with the proxy issue; until then the binary only reports its version so packaging and
-// version checks have something real to call.
+// apus-proxy: configuration from the environment (APUS_PROXY_* / LINKERD2_PROXY_*), logging through the runtime
+// log-level controller the admin server changes, and the proxy under a ServiceGroup so SIGTERM/SIGINT start a
+// graceful drain bounded by APUS_PROXY_SHUTDOWN_GRACE_PERIOD.
+// `apus-proxy await` (the injector's postStart hook) waits until a proxy's /ready answers 200.
 let arguments = CommandLine.arguments.dropFirst()
+if arguments.first == "await" {
+    exit(ProxyAwait.run(Array(arguments.dropFirst())))
+}
 if arguments.contains("--version") || arguments.contains("version") {
     print("apus-proxy \(ApusVersion.current)")
-} else {
-    print("apus-proxy \(ApusVersion.current): the data plane is not built yet; see README.md's feature table.")
+    exit(0)
+}
+
+let configuration: ProxyConfiguration
+do {
+    configuration = try ProxyConfiguration.fromEnvironment(ProcessInfo.processInfo.environment)
+} catch {
+    FileHandle.standardError.write(Data("apus-proxy: invalid configuration: \(error)\n".utf8))
+    exit(2)
+}
+
+let logLevel = LogLevelController(configuration.logFilter)
+LoggingSystem.bootstrap(ProxyLogHandler.factory(controller: logLevel, format: configuration.logFormat))
+let logger = Logger(label: "apus.proxy")
+
+do {
+    let proxy = try ProxyServer(configuration: configuration, logLevel: logLevel, logger: logger)
+    let group = ServiceGroup(
+        configuration: ServiceGroupConfiguration(
+            services: [.init(service: proxy, successTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+    try await group.run()
+} catch {
+    logger.critical("apus-proxy failed: \(error)")
+    exit(1)
 }

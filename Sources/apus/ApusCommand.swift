@@ -9,7 +9,7 @@ struct ApusCommand: ParsableCommand {
         commandName: "apus",
         abstract: "Operate the Apus service mesh.",
         version: ApusVersion.current,
-        subcommands: [Version.self, IdentityCommand.self]
+        subcommands: [Version.self, IdentityCommand.self, InjectCommand.self, UninjectCommand.self]
     )
 
     struct Version: ParsableCommand {

@@ -83,12 +83,14 @@ import Testing
         while destinationPort == port { destinationPort = try Self.freePort() }
         var adminPort = try Self.freePort()
         while [port, destinationPort].contains(adminPort) { adminPort = try Self.freePort() }
+        var injectorPort = try Self.freePort()
+        while [port, destinationPort, adminPort].contains(injectorPort) { injectorPort = try Self.freePort() }
         let controller = Process()
         controller.executableURL = Self.product("apus-controller")
         controller.arguments = [
             "--kubeconfig", kubeconfig.path, "--identity-issuer-directory", folder.appendingPathComponent("id").path,
             "--identity-port", String(port), "--destination-port", String(destinationPort),
-            "--admin-port", String(adminPort),
+            "--admin-port", String(adminPort), "--injector-port", String(injectorPort),
             "--replica-name", "replica-a", "--log-level", "warning",
         ]
         let log = Pipe()

@@ -1,6 +1,7 @@
 import ApusCore
 import ApusDestinationClient
 import ApusIdentity
+import ApusIdentityClient
 import ApusX509
 import Foundation
 import Logging
@@ -427,19 +428,10 @@ final class PeerIdentityHandler: ChannelInboundHandler, RemovableChannelHandler 
         var message: String
     }
 
-    /// The first DNS SAN of the client certificate (the handshake already verified its chain).
+    /// The first DNS SAN of the client certificate (the handshake already verified its chain); the same reading
+    /// as the proxy's inbound side (``PeerCertificateIdentity``).
     static func identity(of certificate: NIOSSLCertificate?) -> Result<String, Refusal> {
-        guard let certificate else { return .failure(Refusal(message: "the client presented no certificate")) }
-        let names: [String]
-        do {
-            names = try Certificate(der: try certificate.toDERBytes()).dnsNames
-        } catch {
-            return .failure(Refusal(message: "the client certificate does not parse: \(error)"))
-        }
-        guard let identity = names.first else {
-            return .failure(Refusal(message: "the client certificate names no identity (no DNS SAN)"))
-        }
-        return .success(identity)
+        PeerCertificateIdentity.identity(of: certificate).mapError { Refusal(message: $0.description) }
     }
 }
 

@@ -46,6 +46,12 @@ public final class LocalTokenValidator: TokenValidator {
         return token
     }
 
+    /// Accepts a token minted earlier (by this validator before a restart) for `identity` again: local mode's
+    /// restarted controller re-registers the tokens of the proxies it adopts, which still hold them in files.
+    public func register(_ token: String, for identity: IdentityName) {
+        tokens.withLockedValue { $0[token] = identity }
+    }
+
     /// Forgets `token`; Certify requests carrying it fail with `tokenInvalid` from now on.
     public func revoke(_ token: String) {
         tokens.withLockedValue { $0[token] = nil }

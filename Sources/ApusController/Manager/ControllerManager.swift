@@ -128,6 +128,7 @@ public final class ControllerManager: ServiceLifecycle.Service {
     public static func requiredPermissions(options: ControllerOptions = ControllerOptions()) -> [PermissionRule] {
         managerPermissions(options: options) + IdentityService.requiredPermissions
             + StatusReconcilers.requiredPermissions + DestinationIndexes.requiredPermissions
+            + InjectorWebhookReconciler.requiredPermissions + UninjectedPodReporter.requiredPermissions
     }
 
     /// The calls of the caches, leader election and the Event recorder.

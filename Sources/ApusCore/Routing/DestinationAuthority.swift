@@ -111,7 +111,9 @@ public struct DestinationAuthority: Hashable, Sendable, CustomStringConvertible 
 
     /// `host:port`, with brackets around IPv6 addresses.
     public var description: String {
-        isIPAddress && host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        // A byte scan: Foundation's `contains(_: StringProtocol)` bridges to NSString (the proxy calls this per
+        // request).
+        isIPAddress && host.utf8.contains(UInt8(ascii: ":")) ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
 
     /// The Service this names, when the host is `<service>.<namespace>.svc.<clusterDomain>`.

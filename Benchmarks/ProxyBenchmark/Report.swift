@@ -1,0 +1,114 @@
+import BenchmarkSupport
+import Foundation
+
+/// The table (or JSON) `make bench-proxy` prints.
+struct Report: Encodable {
+    var machine = Machine()
+    var backend: String
+    var load: String
+    var rows: [Row]
+
+    /// Issue 4's goals for one hop: ≥ 1.0× HAProxy's req/s with a p99 no worse; ≤ 20 MiB idle, ≤ 30 MiB loaded.
+    static let idleGoalBytes = 20 * 1_048_576
+    static let loadedGoalBytes = 30 * 1_048_576
+
+    func json() throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return String(decoding: try encoder.encode(self), as: UTF8.self)
+    }
+
+    func table() -> String {
+        let direct = rows.first { $0.name == Runner.directName }?.result
+        let haproxy = rows.first { $0.name == Runner.haproxyName }?.result
+        var lines = [
+            "Apus proxy benchmark — wrk through each proxy to the same backend, all on 127.0.0.1",
+            "  machine   \(machine.cores) cores, \(machine.cpu), \(machine.os)",
+            "  toolchain \(machine.swift), \(machine.build) build",
+            "  load      \(machine.loadAverage) (1-min load average at start; other work skews the figures)",
+            "  backend   \(backend)",
+            "  wrk       \(load)",
+            "",
+            pad("", 24) + lpad("req/s", 10) + lpad("p50", 10) + lpad("p99", 10) + lpad("idle RSS", 12)
+                + lpad("peak RSS", 12) + lpad("×direct", 9) + lpad("×HAProxy", 10) + lpad("p99×HAP", 9),
+        ]
+        var notes: [String] = []
+        for row in rows {
+            guard let result = row.result else {
+                lines.append(pad(row.name, 24) + lpad("—", 10) + "   failed (see below)")
+                notes.append("\(row.name): \(row.error ?? "no result")")
+                continue
+            }
+            var line = pad(row.name, 24) + lpad(Format.grouped(Int(result.requestsPerSecond.rounded())), 10)
+            line += lpad(milliseconds(result.p50Milliseconds), 10) + lpad(milliseconds(result.p99Milliseconds), 10)
+            line += lpad(row.idle.map { Format.mebibytes($0.residentBytes) } ?? "—", 12)
+            line += lpad(row.peak.map { Format.mebibytes($0.peakBytes) } ?? "—", 12)
+            line += lpad(ratio(result.requestsPerSecond, direct?.requestsPerSecond), 9)
+            line += lpad(ratio(result.requestsPerSecond, haproxy?.requestsPerSecond), 10)
+            line += lpad(ratio(result.p99Milliseconds, haproxy?.p99Milliseconds), 9)
+            lines.append(line)
+            if let serverIdle = row.serverIdle {
+                let peak = row.serverPeak.map { Format.mebibytes($0.peakBytes) } ?? "—"
+                lines.append(
+                    pad("  (server proxy)", 24) + lpad("", 30) + lpad(Format.mebibytes(serverIdle.residentBytes), 12)
+                        + lpad(peak, 12))
+            }
+            if let error = row.error { notes.append("\(row.name): \(error)") }
+        }
+        lines.append("")
+        lines.append(
+            "RSS: VmRSS before the load (idle) and VmHWM after it (peak) of the proxy process; NGINX: master + workers;"
+        )
+        lines.append("the pair: client proxy on its row, server proxy below it. ×HAProxy > 1 is faster for req/s and")
+        lines.append("slower for p99 (p99×HAP is the row's p99 over HAProxy's).")
+        if let goals = goalVerdicts(haproxy: haproxy) {
+            lines.append("")
+            lines.append(goals)
+        }
+        if !notes.isEmpty {
+            lines.append("")
+            lines.append("Rows without figures or with failed requests:")
+            lines += notes.map { "  - " + $0.replacingOccurrences(of: "\n", with: "\n    ") }
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    private func goalVerdicts(haproxy: WrkResult?) -> String? {
+        guard let apus = rows.first(where: { $0.name == Runner.apusName }), let result = apus.result,
+            apus.error == nil
+        else { return nil }
+        var parts: [String] = []
+        if let haproxy {
+            let rate = result.requestsPerSecond / haproxy.requestsPerSecond
+            parts.append(String(format: "req/s %.2f× HAProxy (goal ≥ 1.0: %@)", rate, rate >= 1 ? "met" : "missed"))
+            let p99OK = result.p99Milliseconds <= haproxy.p99Milliseconds
+            parts.append("p99 \(p99OK ? "no worse than" : "worse than") HAProxy's (\(p99OK ? "met" : "missed"))")
+        }
+        if let idle = apus.idle {
+            let met = idle.residentBytes <= Self.idleGoalBytes
+            parts.append("idle RSS \(Format.mebibytes(idle.residentBytes)) (goal ≤ 20 MiB: \(met ? "met" : "missed"))")
+        }
+        if let peak = apus.peak {
+            let met = peak.peakBytes <= Self.loadedGoalBytes
+            parts.append("peak RSS \(Format.mebibytes(peak.peakBytes)) (goal ≤ 30 MiB: \(met ? "met" : "missed"))")
+        }
+        return "Goals for one hop (issue 4):\n" + parts.map { "  - " + $0 }.joined(separator: "\n")
+    }
+
+    private func milliseconds(_ value: Double) -> String {
+        value < 1 ? String(format: "%.0f µs", value * 1000) : String(format: "%.2f ms", value)
+    }
+
+    private func ratio(_ value: Double, _ reference: Double?) -> String {
+        guard let reference, reference > 0 else { return "—" }
+        return String(format: "%.2f", value / reference)
+    }
+
+    private func pad(_ text: String, _ width: Int) -> String {
+        text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
+    }
+
+    private func lpad(_ text: String, _ width: Int) -> String {
+        text.count >= width ? " " + text : String(repeating: " ", count: width - text.count) + text
+    }
+}
