@@ -31,8 +31,13 @@ check-warnings:
 	@if grep -E "^$(CURDIR)/(Sources|Tests|Benchmarks)/.*: warning:" $(BUILD_LOG); then \
 		echo "error: the build has warnings in Apus sources (Swift 6, no warnings allowed)"; exit 1; fi
 
+## test-swift: the tests in three groups, so the process-heavy end-to-end suites (real proxies, controllers and demo
+## apps) do not compete with each other and with the rest for the CI machine's two cores.
+HEAVY_TESTS := ApusProxyTests|ApusLocalTests|ApusDemoTests
 test-swift:
-	$(SWIFT) test --skip-build $(SWIFT_BUILD_FLAGS)
+	$(SWIFT) test --skip-build $(SWIFT_BUILD_FLAGS) --skip "$(HEAVY_TESTS)"
+	$(SWIFT) test --skip-build $(SWIFT_BUILD_FLAGS) --filter "ApusProxyTests"
+	$(SWIFT) test --skip-build $(SWIFT_BUILD_FLAGS) --filter "ApusLocalTests|ApusDemoTests"
 
 ## manifests-check: kustomize, helm lint/template and kubernetes-validate, all offline.
 manifests-check:

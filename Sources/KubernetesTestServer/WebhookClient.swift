@@ -92,6 +92,7 @@ enum WebhookClient {
         let connectTimeout = TimeAmount.nanoseconds(
             max(1_000_000, seconds * 1_000_000_000 + attoseconds / 1_000_000_000))
         let serverName = endpoint.serverName
+        let tlsFailure = TLSFailureRecorder()
         let channel = try await ClientBootstrap(group: group)
             .connectTimeout(connectTimeout)
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
@@ -99,12 +100,26 @@ enum WebhookClient {
                 channel.eventLoop.makeCompletedFuture {
                     let tls = try NIOSSLClientHandler(context: context, serverHostname: serverName)
                     try channel.pipeline.syncOperations.addHandler(tls)
+                    try channel.pipeline.syncOperations.addHandler(tlsFailure)
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     return try ClientChannel(wrappingChannelSynchronously: channel)
                 }
             }
         connection.withLockedValue { $0 = channel.channel }
-        return try await channel.executeThenClose { inbound, outbound in
+        do {
+            return try await send(body, serverName: serverName, endpoint: endpoint, over: channel)
+        } catch {
+            // A failed handshake surfaces to the writer as a closed channel or an early EOF; report the TLS cause.
+            if let cause = tlsFailure.error { throw cause }
+            throw error
+        }
+    }
+
+    private static func send(
+        _ body: [UInt8], serverName: String?, endpoint: WebhookEndpoint,
+        over channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
+    ) async throws -> (status: Int, body: [UInt8]) {
+        try await channel.executeThenClose { inbound, outbound in
             var headers = HTTPHeaders()
             headers.add(name: "host", value: serverName ?? endpoint.host)
             headers.add(name: "content-type", value: "application/json")
@@ -160,5 +175,19 @@ enum WebhookClient {
             return "dial tcp: \(error)"
         }
         return "\(error)"
+    }
+}
+
+/// Remembers the first TLS error on a webhook connection, which the request writer would otherwise only see as a
+/// closed channel.
+private final class TLSFailureRecorder: ChannelInboundHandler, Sendable {
+    typealias InboundIn = NIOAny
+    private let recorded = NIOLockedValueBox<NIOSSLError?>(nil)
+
+    var error: NIOSSLError? { recorded.withLockedValue { $0 } }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? NIOSSLError { recorded.withLockedValue { if $0 == nil { $0 = error } } }
+        context.fireErrorCaught(error)
     }
 }

@@ -111,17 +111,18 @@ import Testing
                 namespace: "front", initialBackoff: .milliseconds(20), maximumBackoff: .milliseconds(50)))
         let resolver = DestinationResolver(
             client: client, staticEndpoints: [:], clusterDomain: "cluster.local", namespace: "front",
-            firstFrameTimeout: .milliseconds(300))
+            firstFrameTimeout: .seconds(3))
 
         let clock = ContinuousClock()
         let started = clock.now
         let concurrent = (0..<3).map { _ in resolver.resolve(authority: "web.shop:80", on: Self.loop) }
         for future in concurrent { #expect(try await future.get().isPassthrough) }
         let waited = clock.now - started
-        #expect(waited >= .milliseconds(300) && waited < .seconds(3))
+        #expect(waited >= .seconds(3) && waited < .seconds(15))
+        // A later lookup does not wait for the bound again (it would take ≥ 3 s if it did).
         let later = clock.now
         #expect(try await resolver.resolve(authority: "web.shop:80", on: Self.loop).get().isPassthrough)
-        #expect(clock.now - later < .milliseconds(200))
+        #expect(clock.now - later < .seconds(2))
         resolver.shutdown()
         await client.shutdown()
         try await silent.close()
