@@ -27,13 +27,7 @@ public final class AdminServer: Sendable {
     private let routes: AdminRoutes
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
-    private let state = NIOLockedValueBox(State())
-
-    private struct State {
-        var channel: (any Channel)?
-        var connections: [ObjectIdentifier: any Channel] = [:]
-        var stopped = false
-    }
+    private let listener = TrackedListener()
 
     /// - Parameters:
     ///   - configuration: `adminListen` and `shutdownEndpointEnabled` are used.
@@ -61,67 +55,30 @@ public final class AdminServer: Sendable {
     public func start() async throws -> SocketAddress {
         let address = configuration.adminListen
         let routes = self.routes
-        let state = self.state
-        let channel: any Channel
+        let local: SocketAddress
         do {
-            channel = try await ServerBootstrap(group: eventLoopGroup)
-                .serverChannelOption(.backlog, value: 64)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        let id = ObjectIdentifier(channel)
-                        let accepted = state.withLockedValue { state -> Bool in
-                            guard !state.stopped else { return false }
-                            state.connections[id] = channel
-                            return true
-                        }
-                        guard accepted else { throw AdminServerError.stopped }
-                        channel.closeFuture.whenComplete { _ in
-                            _ = state.withLockedValue { $0.connections.removeValue(forKey: id) }
-                        }
-                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                        try channel.pipeline.syncOperations.addHandler(AdminHTTPHandler(routes: routes))
-                    }
-                }
-                .bind(host: address.host, port: address.port).get()
+            local = try await listener.bind(address, group: eventLoopGroup) { channel in
+                try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                try channel.pipeline.syncOperations.addHandler(AdminHTTPHandler(routes: routes))
+            }
         } catch {
-            throw AdminServerError.bindFailed(address: address, underlying: "\(error)")
-        }
-        let keep = state.withLockedValue { state -> Bool in
-            guard !state.stopped, state.channel == nil else { return false }
-            state.channel = channel
-            return true
-        }
-        guard keep, let local = channel.localAddress else {
-            try? await channel.close()
-            throw AdminServerError.stopped
+            switch error {
+            case .bindFailed(let reason): throw AdminServerError.bindFailed(address: address, underlying: reason)
+            case .stopped: throw AdminServerError.stopped
+            }
         }
         logger.info("admin server listening", metadata: ["address": "\(local)"])
         return local
     }
 
     /// The bound address, once ``start()`` returned.
-    public var localAddress: SocketAddress? {
-        state.withLockedValue { $0.channel?.localAddress }
-    }
+    public var localAddress: SocketAddress? { listener.localAddress }
 
     /// The bound port (the real one when `adminListen` asked for port 0).
     public var port: Int? { localAddress?.port }
 
     /// Closes the listener and every open admin connection; idempotent.
-    public func stop() async {
-        let (listener, open) = state.withLockedValue { state -> ((any Channel)?, [any Channel]) in
-            state.stopped = true
-            defer {
-                state.channel = nil
-                state.connections.removeAll()
-            }
-            return (state.channel, Array(state.connections.values))
-        }
-        try? await listener?.close()
-        for connection in open { try? await connection.close() }
-    }
+    public func stop() async { await listener.stop() }
 }
 
 /// Why the admin server is not serving.

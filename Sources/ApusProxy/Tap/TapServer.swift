@@ -29,13 +29,7 @@ public final class TapServer: Sendable {
     private let group: EventLoopGroup
     private let detectTimeout: TimeAmount
     private let logger: Logger
-    private let state = NIOLockedValueBox(State())
-
-    private struct State {
-        var listener: Channel?
-        var connections: [ObjectIdentifier: Channel] = [:]
-        var stopped = false
-    }
+    private let listener = TrackedListener()
 
     public init(
         listen: ListenAddress, hub: TapHub, authorizer: TapAuthorizer, meshTLS: MeshTLS, group: EventLoopGroup,
@@ -56,61 +50,26 @@ public final class TapServer: Sendable {
     public func start() async throws(TapServerError) -> SocketAddress {
         let context = TapConnectionContext(hub: hub, authorizer: authorizer, meshTLS: meshTLS, logger: logger)
         let timeout = detectTimeout
-        let state = self.state
-        let channel: Channel
+        let local: SocketAddress
         do {
-            channel = try await ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 64)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        let id = ObjectIdentifier(channel)
-                        let accepted = state.withLockedValue { state -> Bool in
-                            guard !state.stopped else { return false }
-                            state.connections[id] = channel
-                            return true
-                        }
-                        guard accepted else { throw TapServerError.stopped }
-                        channel.closeFuture.whenComplete { _ in
-                            _ = state.withLockedValue { $0.connections.removeValue(forKey: id) }
-                        }
-                        try channel.pipeline.syncOperations.addHandler(
-                            ProtocolDetectHandler(timeout: timeout) { detected, channel in
-                                try context.configure(detected, channel: channel)
-                            })
-                    }
-                }
-                .bind(host: listen.host, port: listen.port).get()
+            local = try await listener.bind(listen, group: group) { channel in
+                try channel.pipeline.syncOperations.addHandler(
+                    ProtocolDetectHandler(timeout: timeout) { detected, channel in
+                        try context.configure(detected, channel: channel)
+                    })
+            }
         } catch {
-            throw .bindFailed(address: listen, underlying: "\(error)")
-        }
-        let keep = state.withLockedValue { state -> Bool in
-            guard !state.stopped, state.listener == nil else { return false }
-            state.listener = channel
-            return true
-        }
-        guard keep, let local = channel.localAddress else {
-            try? await channel.close()
-            throw .stopped
+            switch error {
+            case .bindFailed(let reason): throw .bindFailed(address: listen, underlying: reason)
+            case .stopped: throw .stopped
+            }
         }
         logger.info("tap server listening", metadata: ["address": "\(local)"])
         return local
     }
 
     /// Closes the port and every tap stream; idempotent.
-    public func stop() async {
-        let (listener, open) = state.withLockedValue { state -> (Channel?, [Channel]) in
-            state.stopped = true
-            defer {
-                state.listener = nil
-                state.connections.removeAll()
-            }
-            return (state.listener, Array(state.connections.values))
-        }
-        try? await listener?.close()
-        for connection in open { try? await connection.close() }
-    }
+    public func stop() async { await listener.stop() }
 }
 
 /// Why the tap server is not serving.
