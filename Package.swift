@@ -1,6 +1,27 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+/// How release builds link `apus-proxy` on Linux. Every pod runs one proxy, so its resident memory counts (issue 4:
+/// ≤ 20 MiB idle): the Swift runtime and FoundationEssentials are linked statically (shared copies map whole
+/// libraries; the two `_Foundation*` archives are what static FoundationEssentials needs and the dynamic module it
+/// was compiled against does not autolink), and lld packs relative relocations (DT_RELR: the loader no longer
+/// reads ~1.7 MB of relocation records) and leaves our symbols unexported (nothing looks them up; ~2.5 MB of
+/// tables). Link step only, so module compilation is the same as for every other product.
+///
+/// Test bundles link the executable's module too and cannot take a static runtime next to the shared XCTest and
+/// Testing libraries, so release-mode test builds set `APUS_PROXY_SHARED_RUNTIME=1` (`swift test -c release`).
+let proxyReleaseLinkerSettings: [LinkerSetting] =
+    Context.environment["APUS_PROXY_SHARED_RUNTIME"] != nil
+    ? []
+    : [
+        .unsafeFlags(
+            [
+                "-static-stdlib", "-l_FoundationCShims", "-l_FoundationCollections", "-use-ld=lld",
+                "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic",
+            ],
+            .when(platforms: [.linux], configuration: .release))
+    ]
+
 let package = Package(
     name: "apus",
     platforms: [.macOS(.v14)],
@@ -224,7 +245,8 @@ let package = Package(
                 "ApusProxy",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ]
+            ],
+            linkerSettings: proxyReleaseLinkerSettings
         ),
         .executableTarget(
             name: "apus",
@@ -232,8 +254,13 @@ let package = Package(
                 "ApusCore",
                 "ApusIdentity",
                 "ApusInjector",
+                "KubernetesClient",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         // The demo workloads of examples/demo (books app, hello/world, traffic generator); what local mode runs.
@@ -396,7 +423,7 @@ let package = Package(
         .testTarget(
             name: "ApusLocalTests",
             dependencies: [
-                "apus-controller", "apus-proxy", "apus-demo",
+                "apus", "apus-controller", "apus-proxy", "apus-demo",
                 "ApusCore", "ApusLocal", "ApusController", "ApusIdentity", "KubernetesClient", "KubernetesTestServer",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,6 +1,5 @@
 import ApusCore
 import ApusIdentity
-import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -8,6 +7,12 @@ import NIOHTTP1
 import NIOHTTP2
 import NIOPosix
 import NIOSSL
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// The proxy side of the destination protocol: watches destinations over one shared HTTP/2 connection with
 /// mutual TLS.

@@ -1,5 +1,10 @@
 import ApusCore
-import Foundation
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// The Apus destination protocol, version 1: what the controller streams to proxies and how.
 ///

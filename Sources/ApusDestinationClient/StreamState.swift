@@ -1,4 +1,8 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// Splits a byte stream into NDJSON lines; pure, so framing is tested without sockets.
 public struct LineSplitter: Sendable {

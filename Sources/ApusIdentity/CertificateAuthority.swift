@@ -1,5 +1,10 @@
 import ApusX509
-import Foundation
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// Issues workload identities from one set of ``IssuerCredentials``.
 ///

@@ -1,5 +1,10 @@
 import ApusX509
-import Foundation
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// The trust anchors and the issuer (an intermediate CA certificate and its key) the CA signs with, checked once
 /// when loaded so a misconfiguration is reported when the Secret or file is read, not on the first Certify call.

@@ -1,5 +1,10 @@
 import ApusX509
-import Foundation
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// Generates a fresh trust root and issuer for `apus install` and local mode, shaped like the ones Linkerd's docs
 /// make with `step certificate create`: an ECDSA P-256 root `root.<control-ns>.<trust-domain>` (CA, pathlen 1) and

@@ -1,10 +1,15 @@
 import ApusIdentity
 import ApusX509
-import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// Why a Certify call failed. `code` says what kind of failure it was; `message` has the details.
 public struct IdentityClientError: Error, Hashable, Sendable, CustomStringConvertible {
@@ -136,7 +141,7 @@ struct CertifyTransport: Sendable {
         let serverName = endpoint.serverIdentity
         let channel = try await ClientBootstrap(group: group)
             .connectTimeout(.seconds(10))
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .connect(host: endpoint.host, port: endpoint.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(

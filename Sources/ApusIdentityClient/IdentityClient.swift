@@ -1,12 +1,17 @@
 import ApusIdentity
 import ApusX509
-import Foundation
 import Logging
 import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// What an ``IdentityClient`` needs: who it is, how it proves it, and where to ask.
 public struct IdentityClientConfiguration: Sendable {

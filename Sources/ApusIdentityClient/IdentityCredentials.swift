@@ -1,7 +1,12 @@
 import ApusIdentity
 import ApusX509
-import Foundation
 import NIOSSL
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// The proxy's current identity: its private key (generated in memory, never sent anywhere), the leaf the
 /// controller issued for it, and the chain up to (not including) the trust anchors.

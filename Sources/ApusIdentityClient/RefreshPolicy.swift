@@ -1,4 +1,15 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// When the proxy asks for its next certificate, as linkerd2-proxy does: at 70 % of the leaf's lifetime, clamped
 /// to 10 s … 24 h, moved earlier by a random jitter so proxies started together do not refresh together; after a

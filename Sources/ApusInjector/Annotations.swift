@@ -14,6 +14,10 @@ public enum InjectorNames {
     public static let admissionWebhooks = "config.linkerd.io/admission-webhooks"
 
     public static let proxyContainer = "linkerd-proxy"
+    /// Container port names of the proxy: inbound, admin (metrics, probes) and control (tap).
+    public static let inboundPortName = "linkerd-proxy"
+    public static let adminPortName = "linkerd-admin"
+    public static let tapPortName = "linkerd-tap"
     public static let initContainer = "linkerd-init"
     /// Names of proxy containers that mark a pod as injected already (Linkerd's and Apus's own).
     public static let proxyContainerNames: Set<String> = ["linkerd-proxy", "apus-proxy"]
@@ -61,5 +65,8 @@ public enum InjectorNames {
         public static let nativeSidecarBeta = "config.beta.linkerd.io/proxy-enable-native-sidecar"
         public static let shutdownGracePeriod = "config.linkerd.io/shutdown-grace-period"
         public static let additionalEnv = "config.linkerd.io/proxy-additional-env"
+        /// `"true"` on the pod or its namespace: the proxy gets no tap identity and no tap port, so nobody can
+        /// watch its requests (Linkerd's tap injector honours the same key).
+        public static let disableTap = "config.linkerd.io/disable-tap"
     }
 }

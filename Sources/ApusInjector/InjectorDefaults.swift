@@ -56,6 +56,10 @@ public struct InjectorDefaults: Sendable, Hashable {
     public var identityServerName: String
     public var destinationAddress: String
     public var destinationServerName: String
+    /// The mesh identity allowed to tap every injected proxy (`APUS_PROXY_TAP_SVC_NAME`): the controller's
+    /// ServiceAccount, `apus-controller.<ns>.serviceaccount.identity.<ns>.<trust-domain>`, as Linkerd names its tap
+    /// server's.
+    public var tapServerName: String
     /// The PEM bundle every proxy trusts; its SHA-256 becomes `linkerd.io/trust-root-sha256` so that pods still
     /// running with old anchors can be found after a rotation.
     public var trustAnchorsPEM: String
@@ -92,7 +96,8 @@ public struct InjectorDefaults: Sendable, Hashable {
         logLevel: String = "warn,apus=info", logFormat: String = "plain", resources: Resources = Resources(),
         controlPlaneNamespace: String = "apus", trustDomain: String = "cluster.local",
         clusterDomain: String = "cluster.local", identityAddress: String? = nil, identityServerName: String? = nil,
-        destinationAddress: String? = nil, destinationServerName: String? = nil, trustAnchorsPEM: String = "",
+        destinationAddress: String? = nil, destinationServerName: String? = nil, tapServerName: String? = nil,
+        trustAnchorsPEM: String = "",
         nativeSidecar: Bool = true, proxyAwait: Bool = true,
         outboundConnectTimeout: GoDuration = GoDuration(nanoseconds: 1_000_000_000),
         inboundConnectTimeout: GoDuration = GoDuration(nanoseconds: 100_000_000),
@@ -120,6 +125,7 @@ public struct InjectorDefaults: Sendable, Hashable {
         self.identityServerName = identityServerName ?? "apus-identity.\(ns).\(identitySuffix)"
         self.destinationAddress = destinationAddress ?? "apus-destination.\(ns).svc.\(clusterDomain).:8086"
         self.destinationServerName = destinationServerName ?? "apus-destination.\(ns).\(identitySuffix)"
+        self.tapServerName = tapServerName ?? "apus-controller.\(ns).\(identitySuffix)"
         self.trustAnchorsPEM = trustAnchorsPEM
         self.nativeSidecar = nativeSidecar
         self.proxyAwait = proxyAwait

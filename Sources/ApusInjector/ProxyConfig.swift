@@ -72,6 +72,8 @@ struct ResolvedProxyConfig {
     var skipSubnets: [String]
     var proxyAwait: Bool
     var nativeSidecar: Bool
+    /// `config.linkerd.io/disable-tap`: no tap identity, no tap port.
+    var tapDisabled: Bool
     var additionalEnv: [JSONValue]
 
     /// `image:version`, unless the image already pins a tag or digest.
@@ -386,6 +388,7 @@ extension ResolvedProxyConfig {
             nativeSidecar: resolver.value(
                 [Key.nativeSidecar, Key.nativeSidecarBeta, Key.nativeSidecarAlpha], default: d.nativeSidecar,
                 expected: "true or false", Validate.bool),
+            tapDisabled: resolver.value(Key.disableTap, default: false, expected: "true or false", Validate.bool),
             additionalEnv: resolver.additionalEnv(defaults: d.additionalEnv)
         )
     }

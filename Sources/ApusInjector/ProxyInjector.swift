@@ -20,6 +20,8 @@ import ApusX509
 ///   the skip lists); capabilities NET_ADMIN and NET_RAW only.
 /// - `linkerd-proxy`: a native sidecar (init container with `restartPolicy: Always` and a startupProbe on `/ready`)
 ///   or, with native sidecars off, the first container with a postStart hook that waits for readiness.
+/// - Tap: `APUS_PROXY_TAP_SVC_NAME` (only the controller's identity may watch the proxy's requests) and the control
+///   port as container port `linkerd-tap`, unless `config.linkerd.io/disable-tap: "true"` is on the pod or namespace.
 /// - Volumes for the in-memory identity directory and the projected ServiceAccount token (`identity.l5d.io`).
 /// - Labels `linkerd.io/control-plane-ns`, `linkerd.io/workload-ns`, `linkerd.io/proxy-<owner kind>` and
 ///   annotations `linkerd.io/proxy-version`, `linkerd.io/created-by`, `linkerd.io/trust-root-sha256`.
@@ -336,10 +338,7 @@ public struct ProxyInjector: Sendable {
             "image": .string(config.imageReference),
             "imagePullPolicy": .string(config.imagePullPolicy),
             "env": .array(proxyEnvironment(config)),
-            "ports": .array([
-                .object(["name": .string("linkerd-proxy"), "containerPort": .number(Double(ports.inbound))]),
-                .object(["name": .string("linkerd-admin"), "containerPort": .number(Double(ports.admin))]),
-            ]),
+            "ports": .array(containerPorts(config)),
             "livenessProbe": httpProbe("/live", port: ports.admin, ["initialDelaySeconds": 10, "timeoutSeconds": 1]),
             "readinessProbe": httpProbe(
                 "/ready", port: ports.admin, ["initialDelaySeconds": 2, "timeoutSeconds": 1]),
@@ -371,6 +370,20 @@ public struct ProxyInjector: Sendable {
             ])
         }
         return .object(container)
+    }
+
+    /// Named so `kubectl port-forward pod/x linkerd-tap` and network policies can refer to them; the control
+    /// (tap) port only where tap is on.
+    private func containerPorts(_ config: ResolvedProxyConfig) -> [JSONValue] {
+        func port(_ name: String, _ number: Int) -> JSONValue {
+            .object(["name": .string(name), "containerPort": .number(Double(number))])
+        }
+        var ports = [
+            port(InjectorNames.inboundPortName, config.ports.inbound),
+            port(InjectorNames.adminPortName, config.ports.admin),
+        ]
+        if !config.tapDisabled { ports.append(port(InjectorNames.tapPortName, config.ports.control)) }
+        return ports
     }
 
     private func initContainer(_ config: ResolvedProxyConfig) -> JSONValue {
@@ -475,6 +488,11 @@ public struct ProxyInjector: Sendable {
                     "$(_pod_sa).$(_pod_ns).serviceaccount.identity.\(defaults.controlPlaneNamespace)."
                         + defaults.trustDomain),
             ]
+        }
+        if !config.tapDisabled {
+            // Only the controller's verified mesh identity may tap, as Linkerd's tap injector sets
+            // LINKERD2_PROXY_TAP_SVC_NAME to the tap server's.
+            env.append(plain("APUS_PROXY_TAP_SVC_NAME", defaults.tapServerName))
         }
         for variable in config.additionalEnv { ConfigResolver.mergeEnv(variable, into: &env) }
         return env

@@ -206,6 +206,7 @@ public final class LocalCluster: Sendable {
         let launcher = ProcessLauncher(killOnParentDeath: options.killChildrenOnExit, sink: options.logSink)
         self.launcher = launcher
         let anchors = state.url("identity/ca-bundle.crt").path
+        let tapTokenFile = try state.ensureTapToken()
         let proxySettings: @Sendable () async -> LocalProxySettings? = {
             guard options.spawnProxies else { return nil }
             do {
@@ -218,7 +219,7 @@ public final class LocalCluster: Sendable {
                     destinationName: servingConfiguration.identity.description, trustAnchorsFile: anchors,
                     controlNamespace: options.controlNamespace, trustDomain: options.trustDomain,
                     clusterDomain: options.clusterDomain, tokens: tokens, logLevel: options.proxyLogLevel,
-                    extraEnvironment: options.proxyEnvironment)
+                    extraEnvironment: options.proxyEnvironment, tapTokenFile: tapTokenFile)
             } catch {
                 logger.error("the identity or destination service did not start; pods run without proxies: \(error)")
                 return nil
@@ -266,6 +267,7 @@ public final class LocalCluster: Sendable {
         if let port = try? await destination.port() { lines.append("  destination:   127.0.0.1:\(port)") }
         if let adminPort { lines.append("  controller:    http://127.0.0.1:\(adminPort)/metrics") }
         lines.append("  proxy metrics: http://<pod address>:4191/metrics (addresses: kubectl get pods -A -o wide)")
+        lines.append("  tap:           apus tap deploy/<name> -n <namespace> --kubeconfig \(kubeconfigPath)")
         return lines.joined(separator: "\n")
     }
 }

@@ -8,6 +8,8 @@ import Foundation
 ///   identity/ca-bundle.crt, issuer.crt, issuer.key   generated once (apus identity generate's layout)
 ///   apiserver-token                                  bearer token of the embedded API server, kept across runs
 ///   kubeconfig                                       rewritten at every start (the API server's port and CA change)
+///   tap-token                                        bearer token every proxy accepts for tap (`apus tap`), kept
+///                                                    across runs so adopted proxies keep accepting it
 ///   pods/<namespace>/<name>/pod.json                 the pod's processes, address and spec (``PodRecord``)
 ///   pods/<namespace>/<name>/<container>.log          each container's output
 ///   pods/<namespace>/<name>/token, identity/         per proxy: Certify token and end-entity directory
@@ -42,6 +44,28 @@ struct LocalStateDirectory {
         try write(roots.issuerKeyPEM, to: "identity/issuer.key", mode: 0o600)
     }
 
+    /// The path of the tap token file, created on first use: 32 random bytes as hex, readable by the owner only.
+    /// Every spawned proxy reads it (`APUS_PROXY_TAP_TOKEN_FILE`) on each tap request, and `apus tap` finds it
+    /// beside the kubeconfig; an existing token is kept, so proxies adopted from an earlier run still accept it.
+    /// The token itself is never logged.
+    func ensureTapToken() throws -> String {
+        let path = url("tap-token").path
+        if let data = FileManager.default.contents(atPath: path),
+            String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).count >= 64
+        {
+            // Tightened in case it was copied around with a looser mode.
+            _ = chmod(path, 0o600)
+            return path
+        }
+        var generator = SystemRandomNumberGenerator()
+        let token = (0..<32).map { _ in
+            let byte = UInt8.random(in: 0...255, using: &generator)
+            return (byte < 16 ? "0" : "") + String(byte, radix: 16)
+        }.joined()
+        try writePrivateFile(token, to: path)
+        return path
+    }
+
     /// The API server's bearer token, created on first use.
     func apiServerToken() throws -> String {
         let path = url("apiserver-token")
@@ -56,5 +80,23 @@ struct LocalStateDirectory {
         }.joined()
         try write(token, to: "apiserver-token", mode: 0o600)
         return token
+    }
+}
+
+/// Writes a secret through a temporary file created with mode 0600 (never readable by others, not even
+/// between creation and a chmod) and renamed into place.
+private func writePrivateFile(_ text: String, to path: String) throws {
+    let temporary = path + ".tmp-\(getpid())"
+    let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    guard descriptor >= 0 else {
+        throw LocalModeError("cannot create \(temporary): \(String(cString: strerror(errno)))")
+    }
+    let bytes = Array(text.utf8)
+    let written = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+    let closed = close(descriptor)
+    guard written == bytes.count, closed == 0, rename(temporary, path) == 0 else {
+        let reason = String(cString: strerror(errno))
+        unlink(temporary)
+        throw LocalModeError("cannot write \(path): \(reason)")
     }
 }

@@ -1,5 +1,10 @@
 import COpenSSL
-import Foundation
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// A parsed X.509 certificate.
 ///

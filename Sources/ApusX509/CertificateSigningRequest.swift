@@ -1,5 +1,10 @@
 import COpenSSL
-import Foundation
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// A PKCS#10 certificate signing request: the public key a workload wants certified plus the names it asks for,
 /// signed with the matching private key so the CA knows the requester holds it.

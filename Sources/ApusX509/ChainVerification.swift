@@ -1,5 +1,10 @@
 import COpenSSL
-import Foundation
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 extension Certificate {
     /// Verifies that this certificate chains to one of `anchors` through `intermediates`, with every certificate

@@ -1,5 +1,10 @@
 import ApusCore
-import Foundation
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 #if canImport(Glibc)
     import Glibc
@@ -25,18 +30,15 @@ enum ProxyAwait {
         do {
             options = try parse(arguments)
         } catch {
-            FileHandle.standardError.write(
-                Data("apus-proxy await: \(error)\nusage: apus-proxy await [--timeout=2m] [--port=4191]\n".utf8))
+            writeStandardError("apus-proxy await: \(error)\nusage: apus-proxy await [--timeout=2m] [--port=4191]\n")
             return 2
         }
         let deadline = ContinuousClock.now + options.timeout
         while true {
             if probeReady(port: options.port) { return 0 }
             if ContinuousClock.now >= deadline {
-                FileHandle.standardError.write(
-                    Data(
-                        "apus-proxy await: the proxy on port \(options.port) was not ready within \(options.timeout)\n"
-                            .utf8))
+                writeStandardError(
+                    "apus-proxy await: the proxy on port \(options.port) was not ready within \(options.timeout)\n")
                 return 1
             }
             usleep(100_000)
@@ -112,5 +114,17 @@ enum ProxyAwait {
         }
         let statusLine = String(decoding: response.prefix(12), as: UTF8.self)
         return statusLine == "HTTP/1.1 200" || statusLine == "HTTP/1.0 200"
+    }
+}
+
+/// Writes `text` to file descriptor 2 unbuffered, as `FileHandle.standardError` did (FoundationEssentials, which
+/// keeps the proxy clear of full Foundation and ICU, has no `FileHandle`).
+func writeStandardError(_ text: String) {
+    var bytes = Array(text.utf8)[...]
+    while !bytes.isEmpty {
+        let written = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+        if written < 0 && errno == EINTR { continue }
+        guard written > 0 else { return }
+        bytes = bytes.dropFirst(written)
     }
 }

@@ -1,8 +1,18 @@
 import ApusCore
 import ApusProxy
-import Foundation
 import Logging
 import ServiceLifecycle
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 // apus-proxy: configuration from the environment (APUS_PROXY_* / LINKERD2_PROXY_*), logging through the runtime
 // log-level controller the admin server changes, and the proxy under a ServiceGroup so SIGTERM/SIGINT start a
@@ -21,7 +31,7 @@ let configuration: ProxyConfiguration
 do {
     configuration = try ProxyConfiguration.fromEnvironment(ProcessInfo.processInfo.environment)
 } catch {
-    FileHandle.standardError.write(Data("apus-proxy: invalid configuration: \(error)\n".utf8))
+    writeStandardError("apus-proxy: invalid configuration: \(error)\n")
     exit(2)
 }
 

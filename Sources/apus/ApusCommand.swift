@@ -4,12 +4,14 @@ import ArgumentParser
 /// The `apus` command line. Subcommands arrive with the issues that build their back ends
 /// (install, check, inject, profile, stat, routes, top, tap, diagnostics).
 @main
-struct ApusCommand: ParsableCommand {
+struct ApusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "apus",
         abstract: "Operate the Apus service mesh.",
         version: ApusVersion.current,
-        subcommands: [Version.self, IdentityCommand.self, InjectCommand.self, UninjectCommand.self]
+        subcommands: [
+            Version.self, IdentityCommand.self, InjectCommand.self, UninjectCommand.self, TapCommand.self,
+        ]
     )
 
     struct Version: ParsableCommand {

@@ -1,4 +1,8 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 // core/v1 kinds Apus reads or writes. Fields Apus has no use for are not modelled; decoding ignores them.
 // Objects Apus does not own are changed with patches (never a full PUT of a decoded value) so that

@@ -1,4 +1,8 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// Any JSON value, for data whose shape Apus does not model: CRD objects stored generically, patches,
 /// raw admission objects and fields kept verbatim.

@@ -1,4 +1,8 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// Identifies a REST resource on the API server: where it lives (group/version/plural) and how it is scoped.
 ///

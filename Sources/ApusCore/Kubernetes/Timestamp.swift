@@ -1,4 +1,15 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// A point in time as Kubernetes serializes it: RFC 3339 in UTC (`2024-05-01T12:00:00Z`).
 ///
@@ -56,10 +67,31 @@ public struct Timestamp: Codable, Hashable, Sendable, Comparable, CustomStringCo
         var time = time_t(seconds.rounded(.down))
         var parts = tm()
         gmtime_r(&time, &parts)
-        let base = String(
-            format: "%04d-%02d-%02dT%02d:%02d:%02d", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1,
-            Int(parts.tm_mday), Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec))
-        return precision == .micro ? base + String(format: ".%06dZ", micros) : base + "Z"
+        var text = ""
+        text.reserveCapacity(27)
+        Self.append(Int(parts.tm_year) + 1900, width: 4, to: &text)
+        text += "-"
+        Self.append(Int(parts.tm_mon) + 1, width: 2, to: &text)
+        text += "-"
+        Self.append(Int(parts.tm_mday), width: 2, to: &text)
+        text += "T"
+        Self.append(Int(parts.tm_hour), width: 2, to: &text)
+        text += ":"
+        Self.append(Int(parts.tm_min), width: 2, to: &text)
+        text += ":"
+        Self.append(Int(parts.tm_sec), width: 2, to: &text)
+        if precision == .micro {
+            text += "."
+            Self.append(micros, width: 6, to: &text)
+        }
+        return text + "Z"
+    }
+
+    /// `value` zero-padded to `width` digits (`%0*d`, which needs full Foundation's `String(format:)`).
+    private static func append(_ value: Int, width: Int, to text: inout String) {
+        let digits = String(value)
+        if digits.count < width { text += String(repeating: "0", count: width - digits.count) }
+        text += digits
     }
 
     public static func < (lhs: Timestamp, rhs: Timestamp) -> Bool { lhs.date < rhs.date }

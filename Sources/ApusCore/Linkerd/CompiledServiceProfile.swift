@@ -20,11 +20,55 @@ public struct CompiledServiceProfile: Sendable {
     public let destinationOverrides: [DestinationOverride]
     /// Ports the profile marks as opaque (no protocol detection).
     public let opaquePorts: Set<UInt16>
+    /// Each route's condition, apart from the routes so the per-request scan touches only what it tests.
+    private let matchers: [RouteMatcher]
+
+    init(
+        routes: [Route], retryBudget: RetryBudget, destinationOverrides: [DestinationOverride],
+        opaquePorts: Set<UInt16>
+    ) {
+        self.routes = routes
+        self.retryBudget = retryBudget
+        self.destinationOverrides = destinationOverrides
+        self.opaquePorts = opaquePorts
+        self.matchers = routes.map { RouteMatcher(flat: $0.flatCondition, tree: $0.condition) }
+    }
 
     /// The first route whose condition matches, or nil (the request is then unrouted: default classification,
     /// no timeout, not retryable).
     public func route(for request: RouteRequest) -> Route? {
-        routes.first { $0.condition.matches(request) }
+        routeIndex(for: request).map { routes[$0] }
+    }
+
+    /// The index in ``routes`` of ``route(for:)``, for callers that keep per-route data alongside.
+    public func routeIndex(for request: RouteRequest) -> Int? {
+        for (index, matcher) in matchers.enumerated() where matcher.matches(request) { return index }
+        return nil
+    }
+
+    /// One route's condition in the form matching uses. A class, so the scan over the routes retains one
+    /// reference per route instead of copying (and retaining every field of) a struct.
+    private final class RouteMatcher: Sendable {
+        private let method: String?
+        private let path: RouteRegex?
+        private let otherPaths: [RouteRegex]
+        /// Set when the condition is not a flat conjunction.
+        private let tree: RequestCondition?
+
+        init(flat: FlatRequestCondition?, tree: RequestCondition) {
+            method = flat?.method
+            path = flat?.path
+            otherPaths = flat?.otherPaths ?? []
+            self.tree = flat == nil ? tree : nil
+        }
+
+        func matches(_ request: RouteRequest) -> Bool {
+            if tree != nil { return tree?.matches(request) == true }
+            if method != nil, request.method != method { return false }
+            if path?.matchesWhole(request.path) == false { return false }
+            for path in otherPaths where !path.matchesWhole(request.path) { return false }
+            return true
+        }
     }
 
     /// Linkerd's classification when no route or response class applies: any 5xx is a failure.
@@ -39,6 +83,20 @@ public struct CompiledServiceProfile: Sendable {
         public let isRetryable: Bool
         let condition: RequestCondition
         let responseClasses: [(condition: ResponseCondition, isFailure: Bool)]
+        /// ``condition`` as a flat conjunction, when it is one (nearly every route: `method` and/or `pathRegex`).
+        let flatCondition: FlatRequestCondition?
+
+        init(
+            name: String, timeout: GoDuration?, isRetryable: Bool, condition: RequestCondition,
+            responseClasses: [(condition: ResponseCondition, isFailure: Bool)]
+        ) {
+            self.name = name
+            self.timeout = timeout
+            self.isRetryable = isRetryable
+            self.condition = condition
+            self.responseClasses = responseClasses
+            self.flatCondition = FlatRequestCondition(condition)
+        }
 
         /// Whether a response with `status` counts as a failure: the first response class whose condition
         /// matches decides; with none matching, 5xx is a failure.
@@ -91,6 +149,41 @@ indirect enum RequestCondition: Sendable {
         case .any(let conditions): return conditions.contains { $0.matches(request) }
         case .not(let condition): return !condition.matches(request)
         }
+    }
+}
+
+/// A ``RequestCondition`` that only ANDs at most one method with path regexes, read flat: every request tries the
+/// routes in order, and walking the indirect `all` tree (a closure call and reference counting per node) cost more
+/// than the regex prefix tests that reject most routes. Conditions with `any`, `not` or two methods keep the tree.
+/// The result is the same as the tree's: a conjunction of pure tests does not depend on their order.
+struct FlatRequestCondition: Sendable {
+    let method: String?
+    /// The first path regex apart, so the usual single one is tested without iterating an array.
+    let path: RouteRegex?
+    let otherPaths: [RouteRegex]
+
+    init?(_ condition: RequestCondition) {
+        var method: String?
+        var paths: [RouteRegex] = []
+        func collect(_ condition: RequestCondition) -> Bool {
+            switch condition {
+            case .method(let value):
+                guard method == nil else { return false }
+                method = value
+                return true
+            case .path(let regex):
+                paths.append(regex)
+                return true
+            case .all(let conditions):
+                return conditions.allSatisfy(collect)
+            case .any, .not:
+                return false
+            }
+        }
+        guard collect(condition) else { return nil }
+        self.method = method
+        self.path = paths.first
+        self.otherPaths = Array(paths.dropFirst())
     }
 }
 

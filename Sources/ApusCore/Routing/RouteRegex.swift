@@ -8,8 +8,10 @@
 ///   (ICU and Swift `Regex` treat them as Unicode classes, so `/books/\d+` would accept Arabic-Indic digits).
 /// - **Linear time.** A Pike-VM simulation (no backtracking) costs O(pattern × path) even for patterns like
 ///   `(a*)*b`, so a hostile profile cannot stall the proxy on a crafted path.
-/// - **Hot path without Foundation.** Matching walks the string's Unicode scalars with stack-allocated state;
-///   there is no bridging to `NSString`/UTF-16 and no heap allocation per match.
+/// - **Hot path without Foundation.** Matching walks the string's UTF-8 and Unicode scalars directly; there is no
+///   bridging to `NSString`/UTF-16. Most patterns never reach the VM: compilation finds the literal prefix every
+///   match starts with, and `prefix` + `class*`/`class+` patterns (`/api/.*`, `/books/[0-9]+`) are decided by one
+///   class test per scalar (see `Program.Shortcut`).
 ///
 /// Patterns are compiled once (in ``ServiceProfile/compile()`` or HTTPRoute compilation) and the
 /// value is then shared freely across threads.
@@ -37,7 +39,12 @@ public struct RouteRegex: Sendable, Hashable, CustomStringConvertible {
     /// Full-match semantics mirror Linkerd, which anchors profile path regexes at both ends, and keep a top-level
     /// alternation such as `/a|/b` from matching `/a/anything`.
     public func matchesWhole(_ text: some StringProtocol) -> Bool {
-        program.matchesWhole(text.unicodeScalars)
+        program.matchesWhole(text)
+    }
+
+    /// ``matchesWhole(_:)`` by the NFA alone, without the compile-time shortcuts; tests compare the two.
+    func matchesWholeBySimulation(_ text: some StringProtocol) -> Bool {
+        program.simulate(text.unicodeScalars)
     }
 
     public var description: String { pattern }
@@ -710,11 +717,30 @@ private final class Program: Sendable {
 
     let ops: [Op]
     let classes: [ScalarClass]
-    /// Set when the pattern is plain text (the common `/healthz` case): compared directly, no VM.
-    let literal: [Unicode.Scalar]?
+    /// What every match must look like, found at compile time so most paths are decided without the VM.
+    let shortcut: Shortcut
 
     /// Upper bound on program size; keeps `x{1000}{1000}`-style patterns from exhausting memory.
     static let maxOps = 50_000
+
+    /// The matching work a pattern's shape allows to skip. Profiles list routes that mostly begin with a literal
+    /// path (`/api/v1/books/[0-9]+`) and are tried first to last, so a request usually fails all but one of them
+    /// on its first bytes; running the VM for each (allocation, closure, state sets) was the main cost of routing.
+    ///
+    /// Prefixes are kept as UTF-8: Swift strings are valid UTF-8, whose encoding is prefix-free per scalar, so a
+    /// byte prefix test is exactly the scalar prefix test the VM would perform.
+    struct Shortcut: Sendable {
+        /// The pattern is this exact text (`/healthz`): a byte comparison decides.
+        var literal: [UInt8]?
+        /// Every match starts with these bytes (leading literal scalars, after a `^`): a text that does not is
+        /// rejected without running the VM.
+        var prefix: [UInt8] = []
+        /// The pattern is ``prefix`` followed by `class{minimum,}` (`/api/.*`, `/books/[0-9]+`, optionally ended
+        /// by `$`): the rest of the text decides with one class test per scalar.
+        var tail: (set: ScalarClass, minimum: Int)?
+        /// Whether ``tail`` accepts every scalar (`(?s).*`), so only the prefix matters.
+        var tailAcceptsAll = false
+    }
 
     init(compiling node: RegexNode, pattern: String) throws(RouteRegexError) {
         var builder = Builder()
@@ -725,28 +751,51 @@ private final class Program: Sendable {
         ops.append(.jump(start))
         self.ops = ops
         self.classes = builder.classes
-        self.literal = Self.literal(of: node)
+        self.shortcut = Self.shortcut(of: node)
     }
 
-    private static func literal(of node: RegexNode) -> [Unicode.Scalar]? {
+    /// Reads the pattern as `^? literal* rest` with concatenation flattened (groups do not change what matches).
+    static func shortcut(of node: RegexNode) -> Shortcut {
         func single(_ set: ScalarClass) -> Unicode.Scalar? {
             guard set.categories.isEmpty, !set.negated, set.ranges.count == 1, let range = set.ranges.first,
                 range.lowerBound == range.upperBound
             else { return nil }
             return Unicode.Scalar(range.lowerBound)
         }
-        switch node {
-        case .empty: return []
-        case .scalars(let set): return single(set).map { [$0] }
-        case .concat(let items):
-            var result: [Unicode.Scalar] = []
-            for item in items {
-                guard case .scalars(let set) = item, let scalar = single(set) else { return nil }
-                result.append(scalar)
+        func flattened(_ node: RegexNode, into items: inout [RegexNode]) {
+            switch node {
+            case .concat(let children): for child in children { flattened(child, into: &items) }
+            case .empty: break
+            default: items.append(node)
             }
-            return result
-        default: return nil
         }
+        var items: [RegexNode] = []
+        flattened(node, into: &items)
+        var index = 0
+        // `^` (not multi-line) holds at the start of the text, where a leading one is always evaluated.
+        while index < items.count, case .assertion(.beginText) = items[index] { index += 1 }
+        var prefix = String.UnicodeScalarView()
+        while index < items.count, case .scalars(let set) = items[index], let scalar = single(set) {
+            prefix.append(scalar)
+            index += 1
+        }
+        var shortcut = Shortcut()
+        shortcut.prefix = Array(String(prefix).utf8)
+        var rest = items[index...]
+        if rest.isEmpty {
+            shortcut.literal = shortcut.prefix
+            return shortcut
+        }
+        // `$` (not multi-line) at the very end holds exactly at the end of the text, where the match ends anyway.
+        while let last = rest.last, case .assertion(.endText) = last { rest = rest.dropLast() }
+        if rest.count == 1, let only = rest.first, case .repetition(let body, let minimum, nil) = only,
+            case .scalars(let set) = body
+        {
+            shortcut.tail = (set, minimum)
+            shortcut.tailAcceptsAll =
+                !set.negated && set.categories.isEmpty && set.ranges == [0...ScalarClass.maxScalar]
+        }
+        return shortcut
     }
 
     private struct Builder {
@@ -802,8 +851,52 @@ private final class Program: Sendable {
         }
     }
 
-    func matchesWhole(_ text: some BidirectionalCollection<Unicode.Scalar>) -> Bool {
-        if let literal { return text.elementsEqual(literal) }
+    func matchesWhole(_ text: some StringProtocol) -> Bool {
+        // Native strings expose their UTF-8 contiguously: the shortcuts then compare raw bytes.
+        if let decided = text.utf8.withContiguousStorageIfAvailable({ decideByBytes($0) }) {
+            switch decided {
+            case .match: return true
+            case .noMatch: return false
+            case .undecided: break
+            }
+        } else {
+            if let literal = shortcut.literal { return text.utf8.elementsEqual(literal) }
+            guard text.utf8.starts(with: shortcut.prefix) else { return false }
+        }
+        guard let tail = shortcut.tail else { return simulate(text.unicodeScalars) }
+        if shortcut.tailAcceptsAll, tail.minimum == 0 { return true }
+        let restStart = text.utf8.index(text.utf8.startIndex, offsetBy: shortcut.prefix.count)
+        var count = 0
+        for scalar in text.unicodeScalars[restStart...] {
+            guard tail.set.contains(scalar) else { return false }
+            count += 1
+        }
+        return count >= tail.minimum
+    }
+
+    private enum Decision { case match, noMatch, undecided }
+
+    /// What the shortcuts decide from the UTF-8 bytes alone: literal and prefix comparisons, and an all-ASCII
+    /// tail (one bitmap test per byte). Non-ASCII tails and patterns without a shape are left undecided.
+    private func decideByBytes(_ bytes: UnsafeBufferPointer<UInt8>) -> Decision {
+        if shortcut.literal != nil {
+            return shortcut.literal?.elementsEqual(bytes) == true ? .match : .noMatch
+        }
+        let prefixCount = shortcut.prefix.count
+        guard bytes.count >= prefixCount else { return .noMatch }
+        for index in 0..<prefixCount where bytes[index] != shortcut.prefix[index] { return .noMatch }
+        guard shortcut.tail != nil else { return .undecided }
+        if shortcut.tailAcceptsAll, shortcut.tail?.minimum == 0 { return .match }
+        for index in prefixCount..<bytes.count {
+            let byte = bytes[index]
+            guard byte < 0x80 else { return .undecided }
+            if shortcut.tail?.set.contains(Unicode.Scalar(byte)) == false { return .noMatch }
+        }
+        return bytes.count - prefixCount >= shortcut.tail?.minimum ?? 0 ? .match : .noMatch
+    }
+
+    /// The full Pike-VM run over `text`, with no shortcut (what every shortcut must agree with).
+    func simulate(_ text: some BidirectionalCollection<Unicode.Scalar>) -> Bool {
         let count = ops.count
         // Two sparse sets (dense + sparse arrays each) and a work stack, all on the stack.
         // Each op is pushed at most once per incoming edge (≤ 2) per closure, hence 2 × count for the stack.

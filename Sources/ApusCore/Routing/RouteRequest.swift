@@ -39,6 +39,36 @@ public struct RouteRequest: Sendable {
     public init(
         method: String, target: String, headers: [(name: String, value: String)] = [], authority: String? = nil
     ) {
+        self.method = method
+        self.headers = RouteHeaders(headers)
+        // Per request: an ASCII origin-form target (the usual one) is split with one byte scan, without
+        // character-by-character String work. In ASCII text the first `?` byte is the first `?` character.
+        let bytes = target.utf8
+        if bytes.first == UInt8(ascii: "/") {
+            var mark: String.Index?
+            var isASCII = true
+            var index = bytes.startIndex
+            while index != bytes.endIndex {
+                let byte = bytes[index]
+                if byte >= 0x80 {
+                    isASCII = false
+                    break
+                }
+                if byte == UInt8(ascii: "?"), mark == nil { mark = index }
+                index = bytes.index(after: index)
+            }
+            if isASCII {
+                self.authority = authority
+                if let mark {
+                    self.path = String(target[..<mark])
+                    self.query = String(target[target.index(after: mark)...])
+                } else {
+                    self.path = target
+                    self.query = nil
+                }
+                return
+            }
+        }
         var rest = Substring(target)
         var targetAuthority: Substring?
         if !rest.hasPrefix("/"), let scheme = rest.firstRange(of: "://") {
@@ -56,8 +86,6 @@ public struct RouteRequest: Sendable {
             self.query = nil
         }
         if path.isEmpty { path = "/" }
-        self.method = method
-        self.headers = RouteHeaders(headers)
     }
 
     /// The first value of query parameter `name` (exact, case-sensitive), percent-decoded; `+` is a space.

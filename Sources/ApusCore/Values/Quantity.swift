@@ -1,4 +1,8 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// A Kubernetes resource quantity (`500m`, `1.5Gi`, `2e3`, `100`), parsed exactly.
 ///
@@ -51,14 +55,17 @@ public struct Quantity: Hashable, Sendable, Codable, CustomStringConvertible, Ex
     public var description: String { string }
 
     /// The value in thousandths, rounded up like `Quantity.MilliValue()`: `500m` → 500, `1` → 1000.
+    /// Values beyond `Int64` clamp to its bounds.
     public var milliValue: Int64 {
-        var scaled = value * 1000
-        var rounded = Decimal()
-        NSDecimalRound(&rounded, &scaled, 0, .up)
-        return NSDecimalNumber(decimal: rounded).int64Value
+        // FoundationEssentials (what the proxy links, to stay clear of ICU) has no NSDecimalRound or
+        // NSDecimalNumber; `Decimal.description` is plain notation ("-1.5", "2500"), so round up on the text.
+        let parts = (value * 1000).description.split(separator: ".", maxSplits: 1)
+        guard let first = parts.first, let whole = Int64(first) else { return value.isSignMinus ? .min : .max }
+        let hasFraction = parts.count == 2 && parts[1].contains { $0 != "0" }
+        return hasFraction && !value.isSignMinus && whole < .max ? whole + 1 : whole
     }
 
-    public var doubleValue: Double { NSDecimalNumber(decimal: value).doubleValue }
+    public var doubleValue: Double { Double(value.description) ?? .nan }
 
     public static func == (lhs: Quantity, rhs: Quantity) -> Bool { lhs.value == rhs.value }
 

@@ -25,12 +25,15 @@ public struct LocalProxySettings: Sendable {
     public var logLevel: String
     /// Extra `APUS_PROXY_*` settings for every proxy (tests, debugging).
     public var extraEnvironment: [String: String]
+    /// The bearer token file every proxy accepts for tap (`APUS_PROXY_TAP_TOKEN_FILE`; `.apus/tap-token`), nil
+    /// for no token tap. Pods with `config.linkerd.io/disable-tap: "true"` (pod or namespace) never get it.
+    public var tapTokenFile: String?
 
     public init(
         executable: String = "apus-proxy", identityAddress: String, identityName: String, destinationAddress: String,
         destinationName: String, trustAnchorsFile: String, controlNamespace: String = "apus",
         trustDomain: String = "cluster.local", clusterDomain: String = "cluster.local", tokens: LocalTokenValidator,
-        logLevel: String = "info", extraEnvironment: [String: String] = [:]
+        logLevel: String = "info", extraEnvironment: [String: String] = [:], tapTokenFile: String? = nil
     ) {
         self.executable = executable
         self.identityAddress = identityAddress
@@ -44,6 +47,7 @@ public struct LocalProxySettings: Sendable {
         self.tokens = tokens
         self.logLevel = logLevel
         self.extraEnvironment = extraEnvironment
+        self.tapTokenFile = tapTokenFile
     }
 }
 

@@ -371,6 +371,14 @@ actor PodWorker {
         {
             environment["APUS_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION"] = opaque
         }
+        // The rendering carries the tap identity unless `config.linkerd.io/disable-tap` (pod or namespace) turned
+        // tap off; local callers have no mesh identity, so they tap with the state directory's token instead.
+        let tapEnabled = renderedProxyEnvironment.contains {
+            $0.name == "APUS_PROXY_TAP_SVC_NAME" || $0.name == "LINKERD2_PROXY_TAP_SVC_NAME"
+        }
+        if tapEnabled, let tapTokenFile = proxy.tapTokenFile {
+            environment["APUS_PROXY_TAP_TOKEN_FILE"] = tapTokenFile
+        }
         environment.merge(proxy.extraEnvironment) { _, new in new }
         return environment
     }

@@ -2,8 +2,20 @@ import ApusCore
 import ApusDestinationClient
 import ApusIdentity
 import ApusX509
-import Foundation
 import Logging
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// Everything the proxy reads from its environment, parsed and checked once at startup.
 ///
@@ -256,7 +268,7 @@ public struct IdentitySettings: Sendable, Hashable {
                 pem = try String(contentsOfFile: file.value, encoding: .utf8)
             } catch {
                 throw .unreadableFile(
-                    variable: file.variable, path: file.value, reason: "\(error.localizedDescription)")
+                    variable: file.variable, path: file.value, reason: EnvironmentReader.readFailure(error))
             }
             variable = file.variable
         case (nil, nil):
@@ -535,6 +547,15 @@ struct EnvironmentReader {
         var protocolHint: ProtocolHint?
         var opaqueTransportPort: Int?
         var labels: [String: String]?
+    }
+
+    /// Why a file could not be read, as the OS says it (`No such file or directory`) where the error carries an
+    /// errno; FoundationEssentials has no `localizedDescription`.
+    static func readFailure(_ error: any Error) -> String {
+        if let posix = ((error as? CocoaError)?.underlying as? POSIXError) ?? (error as? POSIXError) {
+            return String(cString: strerror(posix.code.rawValue))
+        }
+        return "\(error)"
     }
 
     /// The JSON path and problem of a decoding error, short enough for one log line.

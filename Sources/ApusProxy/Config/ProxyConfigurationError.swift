@@ -1,4 +1,8 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// Why the proxy's environment cannot be turned into a ``ProxyConfiguration``.
 ///
@@ -43,6 +47,6 @@ public enum ProxyConfigurationError: Error, Sendable, Hashable, CustomStringConv
     private static func quoted(_ value: String) -> String {
         let limit = 200
         let shown = value.count > limit ? String(value.prefix(limit)) + "…" : value
-        return "\"" + shown.replacingOccurrences(of: "\n", with: "\\n") + "\""
+        return "\"" + shown.replacing("\n", with: "\\n") + "\""
     }
 }

@@ -2,7 +2,7 @@ import ApusDestinationClient
 import NIOCore
 import NIOHTTP1
 
-/// Forwards the requests of one client HTTP/1.1 connection (behind `HTTPServerPipelineHandler`, so one exchange
+/// Forwards the requests of one client HTTP/1.1 connection (behind `HTTP1ServerConnectionHandler`, so one exchange
 /// at a time) or one HTTP/2 stream (behind `HTTP2FramePayloadToHTTP1ServerCodec`) to an upstream, streaming
 /// bodies both ways on the event loop.
 ///
@@ -44,6 +44,9 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
     private var readHeld = false
     private var requestEnded = false
     private var responseStarted = false
+    /// The response's `.end` was written (or it was answered locally): a connection closing afterwards, while
+    /// the rest of the request is discarded, does not make it a failed response.
+    private var responseFinished = false
     private var exchangeOpen = false
     private var clientKeepAlive = true
     private var isUpgradeRequest = false
@@ -105,6 +108,7 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
             begin(head, context: context)
         case .connecting(var buffered):
             state = .idle
+            route.touch()
             if case .body = part { requestHadBody = true }
             buffered.append(part)
             route.replay.append(part)
@@ -114,6 +118,7 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
                 armResponseTimeout()
             }
         case .forwarding(let upstream):
+            route.touch()
             switch part {
             case .head:
                 return
@@ -151,13 +156,13 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
     func channelInactive(context: ChannelHandlerContext) {
         if case .forwarding(let upstream) = state { upstream.abort() }
         state = .idle
-        endExchange(error: true)
+        endExchange(error: .cancel)
         route.reset()
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // Parse errors were answered by `HTTPServerLimitsHandler`; anything else ends the connection.
+        // Parse errors were answered by `HTTP1ServerConnectionHandler`; anything else ends the connection.
         context.close(promise: nil)
     }
 
@@ -187,6 +192,7 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
         requestHadBody = false
         retriedStale = false
         responseStarted = false
+        responseFinished = false
         exchangeOpen = true
         exchangeGeneration &+= 1
         grpcStatus = nil
@@ -199,7 +205,8 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
         state = .connecting(CircularBuffer(initialCapacity: 4))
 
         var upstreamHead = head
-        upstreamHead.version = .http1_1
+        // Only when it differs: the setter copies the head's storage (a malloc per request) even for equal values.
+        if upstreamHead.version != .http1_1 { upstreamHead.version = .http1_1 }
         if isUpgradeRequest {
             let upgrade = head.headers[canonicalForm: "upgrade"].map(String.init)
             HTTPHeadRewriting.stripHopByHop(&upstreamHead.headers, keepTETrailers: false)
@@ -546,10 +553,11 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
         route.cancelTimers()
         shared.metrics.httpError(direction: shared.direction, reason: error.reason.rawValue)
         if responseStarted {
-            // Mid-response there is no way to report it but to cut the stream/connection.
-            context.close(promise: nil)
+            // Mid-response there is no way to report it but to cut the stream/connection (after counting it:
+            // the close may report the channel inactive at once, which would count a client cancel instead).
             state = .idle
-            endExchange(error: true)
+            endExchange(error: ResponseError(error.reason))
+            context.close(promise: nil)
             return
         }
         var headers = HTTPHeaders()
@@ -567,17 +575,18 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
         let head = HTTPResponseHead(
             version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: headers)
         responseStarted = true
+        responseFinished = true
         responseStatus = status
         firstByteNanos = NIODeadline.now().uptimeNanoseconds &- startedAt
         tap.requestWithoutTarget(shared: shared, client: client, channel: context.channel)
         tap.responded(status: status, latencyToFirstByteNanos: firstByteNanos)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
-        // The state moves on before `.end` is written: writing it makes `HTTPServerPipelineHandler` deliver a
+        // The state moves on before `.end` is written: writing it makes `HTTP1ServerConnectionHandler` deliver a
         // pipelined next request at once, which must find this handler between exchanges.
         state = requestEnded ? .idle : .discarding
         if closeAfter {
             state = .idle
-            endExchange(error: false)
+            endExchange(error: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { [context] _ in
                 context.close(promise: nil)
             }
@@ -589,23 +598,33 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
     }
 
     private func finishExchangeIfDone() {
-        if case .idle = state, requestEnded { endExchange(error: false) }
+        if case .idle = state, requestEnded { endExchange(error: nil) }
     }
 
-    private func endExchange(error: Bool) {
+    /// - Parameter error: why the exchange ends without a complete response (nil: it completed). A response
+    ///   whose head went out is counted with its status, as a failure with `error`; one that never came is
+    ///   counted with `error` alone (no `status_code`), as Linkerd does.
+    private func endExchange(error: ResponseError?) {
         lease?.cancel()
         lease = nil
         guard exchangeOpen else { return }
         exchangeOpen = false
+        let error = responseFinished ? nil : error
         shared.inFlight.finished()
-        tap.ended(durationNanos: NIODeadline.now().uptimeNanoseconds &- startedAt, error: error)
+        tap.ended(durationNanos: NIODeadline.now().uptimeNanoseconds &- startedAt, error: error != nil)
+        if let since = route.trailersPendingSince {
+            // A streamed gRPC attempt that broke before its trailers.
+            recordAttempt(status: responseStatus, grpcStatus: nil, error: error ?? .reset, headAt: since)
+        }
         if let routeMetrics = route.metrics {
             if responseStarted {
                 routeMetrics.responded(
                     statusCode: responseStatus, grpcStatus: grpcStatus, latencyToFirstByteNanos: firstByteNanos,
-                    failed: route.plan.isFailure(status: responseStatus, grpcStatus: grpcStatus))
-            } else if error {
-                routeMetrics.responded(statusCode: 0, grpcStatus: nil, latencyToFirstByteNanos: 0, failed: true)
+                    failed: error != nil || route.plan.isFailure(status: responseStatus, grpcStatus: grpcStatus),
+                    error: error)
+            } else if let error {
+                routeMetrics.responded(
+                    statusCode: 0, grpcStatus: nil, latencyToFirstByteNanos: 0, failed: true, error: error)
             }
         }
         route.reset()
@@ -613,9 +632,11 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
             currentMetrics = nil
             if responseStarted {
                 metrics.responded(
-                    statusCode: responseStatus, grpcStatus: grpcStatus, latencyToFirstByteNanos: firstByteNanos)
-            } else if error {
-                metrics.responded(statusCode: 0, grpcStatus: nil, latencyToFirstByteNanos: 0)
+                    statusCode: responseStatus, grpcStatus: grpcStatus, latencyToFirstByteNanos: firstByteNanos,
+                    failed: error != nil, error: error)
+            } else if let error {
+                metrics.responded(
+                    statusCode: 0, grpcStatus: nil, latencyToFirstByteNanos: 0, failed: true, error: error)
             }
         }
     }
@@ -641,6 +662,9 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
         var head = head
         for modifier in plan.requestFilters { modifier.apply(to: &head.headers) }
         route.start(plan, metrics: metrics, head: head, authority: authority, resolved: resolved)
+        if case .limited(let policy) = plan.retry, !policy.grpcCodes.isEmpty {
+            route.holdsGRPCResponses = Self.isGRPC(head)
+        }
         metrics.requestStarted(retryable: plan.mayRetry)
         let now = NIODeadline.now().uptimeNanoseconds
         if case .budgeted(let budget) = plan.retry { budget.deposit(now: now) }
@@ -667,7 +691,35 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
             }
         }
         armResponseTimeout()
+        if let idle = plan.idleTimeout {
+            let generation = route.generation
+            route.idleTimer = schedule(in: idle, context: context) { $0.idleTimerFired(generation: generation) }
+        }
         return head
+    }
+
+    private static func isGRPC(_ head: HTTPRequestHead) -> Bool {
+        guard let type = head.headers.first(name: "content-type") else { return false }
+        return type.utf8.count >= 16 && type.lowercased().hasPrefix("application/grpc")
+    }
+
+    /// `timeout.linkerd.io/idle`: the timer armed at the route's start fires; if a part moved since, it is armed
+    /// again for what is left of the idle period from that part, else the exchange timed out (504 before the
+    /// response head, a cut stream/connection after it). Parts only record their time, so a streaming exchange
+    /// costs one timer per idle period, not one per chunk.
+    private func idleTimerFired(generation: UInt64) {
+        guard route.generation == generation, exchangeOpen, let idle = route.plan.idleTimeout, let context else {
+            return
+        }
+        route.idleTimer = nil
+        let quiet = Int64(clamping: NIODeadline.now().uptimeNanoseconds &- route.lastActivity)
+        guard quiet < idle.nanoseconds else {
+            routeTimedOut(generation: generation)
+            return
+        }
+        route.idleTimer = schedule(in: .nanoseconds(idle.nanoseconds - quiet), context: context) {
+            $0.idleTimerFired(generation: generation)
+        }
     }
 
     private func schedule(
@@ -697,7 +749,7 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
         default: return
         }
         route.metrics?.timedOut()
-        recordAttempt(status: 504, grpcStatus: nil)
+        recordAttempt(status: 0, grpcStatus: nil, error: .timeout)
         if case .forwarding(let upstream) = state { upstream.abort() }
         attemptID &+= 1
         state = requestEnded ? .idle : .discarding
@@ -734,16 +786,19 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
         }
     }
 
-    /// Counts how the running attempt ended in the `route_actual_*` families (once per attempt).
-    private func recordAttempt(status: Int, grpcStatus: Int?) {
+    /// Counts how the running attempt ended in the `route_actual_*` families (once per attempt): its status, or
+    /// status 0 and `error` when it got no response.
+    /// - Parameter headAt: when the attempt's response head arrived, if not now (a held gRPC response).
+    private func recordAttempt(status: Int, grpcStatus: Int?, error: ResponseError? = nil, headAt: UInt64? = nil) {
         guard route.attemptInFlight else { return }
         route.attemptInFlight = false
         route.lastAttemptStatus = status
         route.lastAttemptGRPCStatus = grpcStatus
+        route.lastAttemptError = error
         route.metrics?.attemptResponded(
             statusCode: status, grpcStatus: grpcStatus,
-            latencyToFirstByteNanos: NIODeadline.now().uptimeNanoseconds &- route.attemptStartedAt,
-            failed: route.plan.isFailure(status: status, grpcStatus: grpcStatus))
+            latencyToFirstByteNanos: (headAt ?? NIODeadline.now().uptimeNanoseconds) &- route.attemptStartedAt,
+            failed: error != nil || route.plan.isFailure(status: status, grpcStatus: grpcStatus), error: error)
     }
 
     /// A final response head of an attempt: counted, and retried instead of forwarded when the route says so.
@@ -760,7 +815,7 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
     /// route allows; false leaves the failure to the caller.
     private func retryAttempt(after error: ProxyError) -> Bool {
         guard route.isStarted else { return false }
-        recordAttempt(status: error.status, grpcStatus: nil)
+        recordAttempt(status: 0, grpcStatus: nil, error: ResponseError(error.reason))
         return retry()
     }
 
@@ -768,7 +823,9 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
     /// nothing reached the client yet and the body so far fit the replay buffer. The failed attempt's upstream is
     /// aborted (stream reset / connection closed); the new attempt replays the head and the kept body parts, then
     /// continues with parts still to come.
-    private func retry() -> Bool {
+    /// - Parameter abortUpstream: false when the failed attempt's exchange completed both ways (a gRPC response
+    ///   held to its trailers): its connection goes back to the pool instead.
+    private func retry(abortUpstream: Bool = true) -> Bool {
         guard route.isStarted, !responseStarted, !isUpgradeRequest, let context, let head = route.head,
             let resolved = route.resolved
         else { return false }
@@ -800,14 +857,17 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
             backoff = RouteExchange.backoff(afterAttempt: route.attempts)
         }
         metrics?.retried()
-        if case .forwarding(let upstream) = state { upstream.abort() }
+        if abortUpstream, case .forwarding(let upstream) = state { upstream.abort() }
+        route.held = nil
         lease?.complete(failed: true)
         lease = nil
         if let transport = currentMetrics {
             currentMetrics = nil
+            let error = route.lastAttemptError
             transport.responded(
                 statusCode: route.lastAttemptStatus, grpcStatus: route.lastAttemptGRPCStatus,
-                latencyToFirstByteNanos: NIODeadline.now().uptimeNanoseconds &- route.attemptStartedAt)
+                latencyToFirstByteNanos: NIODeadline.now().uptimeNanoseconds &- route.attemptStartedAt,
+                failed: error != nil, error: error)
         }
         attemptID &+= 1
         route.cancelAttemptTimer()
@@ -832,6 +892,7 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
 
     func upstreamRead(_ part: HTTPClientResponsePart) {
         guard let context else { return }
+        route.touch()
         switch part {
         case .head(var head):
             if head.status == .switchingProtocols && isUpgradeRequest {
@@ -845,26 +906,22 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
                 return
             }
             if route.isStarted {
-                if routeAttemptAnswered(head) { return }
-                for modifier in route.plan.responseFilters { modifier.apply(to: &head.headers) }
+                if holdForTrailers(head) { return }
+                if route.holdsGRPCResponses, head.status == .ok, !head.headers.contains(name: "grpc-status") {
+                    // Streams (no retry possible): counted at its end with the trailers' `grpc-status`.
+                    route.cancelAttemptTimer()
+                    route.trailersPendingSince = NIODeadline.now().uptimeNanoseconds
+                } else if routeAttemptAnswered(head) {
+                    return
+                }
             }
-            responseStarted = true
-            responseStatus = Int(head.status.code)
-            lease?.complete(failed: responseStatus >= 500)
-            lease = nil
-            firstByteNanos = NIODeadline.now().uptimeNanoseconds &- startedAt
-            if let status = head.headers.first(name: "grpc-status") { grpcStatus = Int(status) }
-            tap.responded(status: responseStatus, latencyToFirstByteNanos: firstByteNanos)
-            let chunked = HTTPHeadRewriting.isChunked(head.headers)
-            HTTPHeadRewriting.stripHopByHop(&head.headers, keepTETrailers: false)
-            head.version = .http1_1
-            if client.httpProtocol == .http1 {
-                if chunked { head.headers.add(name: "transfer-encoding", value: "chunked") }
-                if !clientKeepAlive { head.headers.add(name: "connection", value: "close") }
-            }
-            context.write(wrapOutboundOut(.head(head)), promise: nil)
-            clientFlushPending = true
+            forwardResponseHead(head, context: context)
         case .body(let body):
+            if route.held != nil {
+                if route.held?.append(body) == true { return }
+                // Over the hold bound: what is held goes out, the rest streams, the attempt is final.
+                releaseHeldResponse(context: context)
+            }
             if tap.isRecording { tap.responseBody(body.readableBytes) }
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
             clientFlushPending = true
@@ -874,15 +931,84 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
                 switchProtocols(head, context: context)
                 return
             }
+            if route.held != nil {
+                let grpc = trailers?.first(name: "grpc-status").flatMap { Int($0) }
+                if retryHeldResponse(grpcStatus: grpc) { return }
+                releaseHeldResponse(context: context)
+            }
+            if let since = route.trailersPendingSince {
+                route.trailersPendingSince = nil
+                let grpc = trailers?.first(name: "grpc-status").flatMap { Int($0) }
+                recordAttempt(status: 200, grpcStatus: grpc, headAt: since)
+            }
             if let status = trailers?.first(name: "grpc-status") { grpcStatus = Int(status) }
-            // Finish the exchange first: writing `.end` makes `HTTPServerPipelineHandler` deliver a pipelined next
+            // Finish the exchange first: writing `.end` makes `HTTP1ServerConnectionHandler` deliver a pipelined next
             // request at once, which must find this handler between exchanges.
             // A promise only when the connection closes after this write (none per keep-alive response).
             let written = clientKeepAlive ? nil : context.eventLoop.makePromise(of: Void.self)
+            responseFinished = true
             responseEnded(written: written?.futureResult, context: context)
             clientFlushPending = false
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: written)
         }
+    }
+
+    /// gRPC retries on `grpc-status` in trailers (`retry.linkerd.io/grpc`): a 200 response to a gRPC request on
+    /// such a route is held instead of forwarded, while a retry is still possible (limit not spent, request body
+    /// kept), so nothing reaches the client before the trailers say whether the attempt failed.
+    private func holdForTrailers(_ head: HTTPResponseHead) -> Bool {
+        guard route.holdsGRPCResponses, route.held == nil, head.status == .ok,
+            !head.headers.contains(name: "grpc-status"), !route.replay.overflowed,
+            case .limited(let policy) = route.plan.retry, route.attempts <= policy.limit
+        else { return false }
+        route.cancelAttemptTimer()
+        route.held = HeldResponse(head: head, receivedAt: NIODeadline.now().uptimeNanoseconds)
+        return true
+    }
+
+    /// The held response's trailers arrived: the attempt is counted with their `grpc-status` and retried when
+    /// the route lists it (the attempt's connection is reused when its request was complete too).
+    private func retryHeldResponse(grpcStatus grpc: Int?) -> Bool {
+        guard let held = route.held else { return false }
+        recordAttempt(status: 200, grpcStatus: grpc, headAt: held.receivedAt)
+        guard route.plan.isRetryable(status: 200, grpcStatus: grpc) else { return false }
+        return retry(abortUpstream: !requestEnded)
+    }
+
+    /// Sends the held head and body parts on to the client: the attempt is final, counted at its end.
+    private func releaseHeldResponse(context: ChannelHandlerContext) {
+        guard let held = route.held else { return }
+        route.held = nil
+        route.trailersPendingSince = held.receivedAt
+        forwardResponseHead(held.head, context: context)
+        for body in held.bodies {
+            if tap.isRecording { tap.responseBody(body.readableBytes) }
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        }
+    }
+
+    /// Writes a final (non-retried) response head to the client, with the route's response header edits.
+    private func forwardResponseHead(_ head: HTTPResponseHead, context: ChannelHandlerContext) {
+        var head = head
+        if route.isStarted {
+            for modifier in route.plan.responseFilters { modifier.apply(to: &head.headers) }
+        }
+        responseStarted = true
+        responseStatus = Int(head.status.code)
+        lease?.complete(failed: responseStatus >= 500)
+        lease = nil
+        firstByteNanos = NIODeadline.now().uptimeNanoseconds &- startedAt
+        if let status = head.headers.first(name: "grpc-status") { grpcStatus = Int(status) }
+        tap.responded(status: responseStatus, latencyToFirstByteNanos: firstByteNanos)
+        let chunked = HTTPHeadRewriting.isChunked(head.headers)
+        HTTPHeadRewriting.stripHopByHop(&head.headers, keepTETrailers: false)
+        if head.version != .http1_1 { head.version = .http1_1 }  // the setter copies even for an equal value
+        if client.httpProtocol == .http1 {
+            if chunked { head.headers.add(name: "transfer-encoding", value: "chunked") }
+            if !clientKeepAlive { head.headers.add(name: "connection", value: "close") }
+        }
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        clientFlushPending = true
     }
 
     private func responseEnded(written: EventLoopFuture<Void>?, context: ChannelHandlerContext) {
@@ -890,7 +1016,7 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
         route.cancelTimers()
         if requestEnded {
             state = .idle
-            endExchange(error: false)
+            endExchange(error: nil)
         } else {
             // Early response (e.g. 413 before the upload finished): the upstream cannot be reused; the rest of
             // the request body is dropped.
@@ -956,7 +1082,7 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
         responseStatus = 101
         firstByteNanos = NIODeadline.now().uptimeNanoseconds &- startedAt
         context.writeAndFlush(wrapOutboundOut(.head(head)), promise: nil)
-        endExchange(error: false)
+        endExchange(error: nil)
 
         let tcp = shared.metrics.tcp(
             TCPTrafficLabels(
@@ -975,11 +1101,8 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
             }
             upstreamPipeline.removeHandler(upstream, promise: nil)
             try upstreamPipeline.addHandler(upstreamGlue)
-            if let pipelining = try? clientPipeline.handler(type: HTTPServerPipelineHandler.self) {
-                clientPipeline.removeHandler(pipelining, promise: nil)
-            }
-            if let limits = try? clientPipeline.handler(type: HTTPServerLimitsHandler.self) {
-                clientPipeline.removeHandler(limits, promise: nil)
+            if let connection = try? clientPipeline.handler(type: HTTP1ServerConnectionHandler.self) {
+                clientPipeline.removeHandler(connection, promise: nil)
             }
             try clientPipeline.addHandler(clientGlue)
             clientPipeline.removeHandler(context: context, promise: nil)

@@ -2,56 +2,6 @@ import NIOCore
 import NIOHTTP1
 import NIOHTTP2
 
-/// Answers HTTP/1 parse errors before the decoder closes the connection: 431 for a head over the size or count
-/// limits, 400 for everything else — including a request with both `Content-Length` and `Transfer-Encoding` or
-/// with two `Content-Length`s (llhttp refuses both), which is exactly the request-smuggling pair. The connection
-/// is closed afterwards in every case, so no byte after a malformed head is ever interpreted.
-final class HTTPServerLimitsHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias InboundOut = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
-
-    private var responseOpen = false
-    private let onError: (String) -> Void
-
-    init(onError: @escaping (String) -> Void) {
-        self.onError = onError
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        guard let parseError = error as? HTTPParserError else {
-            context.fireErrorCaught(error)
-            return
-        }
-        let status: HTTPResponseStatus = parseError == .headerOverflow ? .requestHeaderFieldsTooLarge : .badRequest
-        onError(status == .badRequest ? "bad_request" : "headers_too_large")
-        if !responseOpen {
-            var headers = HTTPHeaders()
-            headers.add(name: "connection", value: "close")
-            headers.add(name: "content-length", value: "0")
-            headers.add(name: ProxyHeaders.proxyError, value: "malformed request: \(parseError)")
-            context.write(
-                wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))),
-                promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-        }
-        context.close(promise: nil)
-    }
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch unwrapOutboundIn(data) {
-        case .head(let head) where head.status.code >= 200 || head.status == .switchingProtocols:
-            responseOpen = true
-        case .end:
-            responseOpen = false
-        default:
-            break
-        }
-        context.write(data, promise: promise)
-    }
-}
-
 /// Closes an HTTP/2 server connection gracefully on `ChannelShouldQuiesceEvent` (proxy shutdown): GOAWAY, then
 /// close once the streams in flight are done.
 final class HTTP2QuiesceHandler: ChannelInboundHandler {
@@ -101,12 +51,19 @@ enum HTTPServerPipelines {
         // NIO's own setup pairs the request decoder with the response encoder, so the encoder knows which
         // response answers a HEAD: it then keeps `Transfer-Encoding: chunked` from the upstream head but writes
         // no body and no chunk terminator (a terminator there would be read as the start of the next response).
+        // Pipelining, parse errors and draining are `HTTP1ServerConnectionHandler`'s (one hop instead of two, and
+        // no read-interest toggling per request); outbound heads are not re-validated: they come from NIO's parser
+        // plus the proxy's own fixed names and values.
         try pipeline.configureHTTPServerPipeline(
-            withPipeliningAssistance: true, withServerUpgrade: nil, withErrorHandling: false,
+            withPipeliningAssistance: false, withServerUpgrade: nil, withErrorHandling: false,
             withOutboundHeaderValidation: false, withEncoderConfiguration: HTTPResponseEncoder.Configuration(),
             withDecoderLimitConfiguration: limits)
+        // The handler reads on while a response is in flight, so a client's FIN (or, over mesh TLS, its
+        // close_notify, which NIOSSL then reports the same way) must read as "no more requests": answer, then
+        // close, rather than close the connection under the response.
+        try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
         try pipeline.addHandler(
-            HTTPServerLimitsHandler { reason in metrics.httpError(direction: direction, reason: reason) })
+            HTTP1ServerConnectionHandler { reason in metrics.httpError(direction: direction, reason: reason) })
         try pipeline.addHandler(HTTPForwardHandler(shared: shared, client: client))
     }
 

@@ -11,6 +11,7 @@ import NIOTLS
 /// outbound  ─► detect ─┬─ HTTP/1 ───────────► HTTP/1 server codec ─► HTTPForwardHandler (one per connection)
 ///                      ├─ h2c preface ──────► HTTP/2 + per-stream codec ─► HTTPForwardHandler (one per stream)
 ///                      └─ TLS / other / timeout ─► OpaqueForwardHandler (original destination)
+///           (no detection when discovery marks the original destination opaque: straight to OpaqueForwardHandler)
 /// inbound   ─► opaque port? ─► OpaqueForwardHandler
 ///            └ detect ─┬─ TLS ─► mesh TLS server ─► ALPN h2 / http/1.1 / apus.transport/v1 (peer identity kept)
 ///                      ├─ HTTP/1, h2c ─► plaintext HTTP (policy decides per request: 403)
@@ -51,7 +52,7 @@ enum ProxyListeners {
         try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
                 connections.add(channel)
@@ -64,24 +65,33 @@ enum ProxyListeners {
     static func outboundInitializer(_ shared: ForwardingContext) -> @Sendable (Channel) -> EventLoopFuture<Void> {
         let timeout = TimeAmount(shared.configuration.outboundDetectTimeout)
         return { channel in
-            channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandler(
-                    ProtocolDetectHandler(timeout: timeout) { detected, channel in
-                        let plain = ClientInfo(
-                            httpProtocol: .http1, peerIdentity: nil, isMeshTLS: false, originalPort: nil)
-                        switch detected {
-                        case .http1:
-                            try HTTPServerPipelines.configureHTTP1(channel, shared: shared, client: plain)
-                        case .http2:
-                            try HTTPServerPipelines.configureHTTP2(channel, shared: shared, client: plain)
-                        case .tls, .opaque:
-                            try channel.pipeline.syncOperations.addHandler(
-                                OpaqueForwardHandler(
-                                    shared: shared, route: .outbound(OriginalDestination.of(channel)),
-                                    tls: .none(reason: "opaque")))
-                        }
-                    })
-            }
+            // A destination discovery marks opaque skips detection (a server-speaks-first protocol would wait out
+            // the detect timeout); the channel is registered, and so read, only once this future completes.
+            let original = OriginalDestination.of(channel)
+            return OpaqueForwardHandler.isOpaqueDestination(original, shared: shared, on: channel.eventLoop)
+                .flatMapThrowing { opaque in
+                    if opaque {
+                        try channel.pipeline.syncOperations.addHandler(
+                            OpaqueForwardHandler(
+                                shared: shared, route: .outbound(original), tls: .none(reason: "opaque")))
+                        return
+                    }
+                    try channel.pipeline.syncOperations.addHandler(
+                        ProtocolDetectHandler(timeout: timeout) { detected, channel in
+                            let plain = ClientInfo(
+                                httpProtocol: .http1, peerIdentity: nil, isMeshTLS: false, originalPort: nil)
+                            switch detected {
+                            case .http1:
+                                try HTTPServerPipelines.configureHTTP1(channel, shared: shared, client: plain)
+                            case .http2:
+                                try HTTPServerPipelines.configureHTTP2(channel, shared: shared, client: plain)
+                            case .tls, .opaque:
+                                try channel.pipeline.syncOperations.addHandler(
+                                    OpaqueForwardHandler(
+                                        shared: shared, route: .outbound(original), tls: .none(reason: "opaque")))
+                            }
+                        })
+                }
         }
     }
 

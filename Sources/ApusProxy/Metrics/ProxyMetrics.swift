@@ -233,17 +233,13 @@ public final class ProxyMetrics: Sendable {
         }
     }
 
-    /// Linkerd labels `response_total` with `classification`, `grpc_status_code` (gRPC only) and `status_code`,
-    /// and the latency histogram with `status_code`.
+    /// Linkerd labels `response_total` with `classification`, `error`, `grpc_status_code` (gRPC only) and
+    /// `status_code` (absent when no response came), and the latency histogram with `error` and `status_code`.
     private static func responseLabels(
         _ series: String, _ responseClass: ResponseClass, includeClassification: Bool
     ) -> String {
         var text = series
-        if includeClassification {
-            text += ",classification=\"\(responseClass.failure ? "failure" : "success")\""
-            if let grpc = responseClass.grpcStatus { text += ",grpc_status_code=\"\(grpc)\"" }
-        }
-        text += ",status_code=\"\(responseClass.statusCode)\""
+        responseClass.appendLabels(to: &text, classification: includeClassification)
         return text
     }
 

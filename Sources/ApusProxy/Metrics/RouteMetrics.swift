@@ -61,11 +61,15 @@ public final class RouteMetrics: Sendable {
         if retryable { counters.add(1, at: Self.retryableIndex) }
     }
 
-    /// The answer the client got (`failed` by the route's classification).
-    public func responded(statusCode: Int, grpcStatus: Int?, latencyToFirstByteNanos: UInt64, failed: Bool) {
+    /// The answer the client got (`failed` by the route's classification); `error` when none came (status 0)
+    /// or its stream was cut.
+    public func responded(
+        statusCode: Int, grpcStatus: Int?, latencyToFirstByteNanos: UInt64, failed: Bool,
+        error: ResponseError? = nil
+    ) {
         effective.responded(
             statusCode: statusCode, grpcStatus: grpcStatus, latencyToFirstByteNanos: latencyToFirstByteNanos,
-            failed: failed)
+            failed: failed, error: error)
     }
 
     /// One attempt was sent to an endpoint.
@@ -73,11 +77,14 @@ public final class RouteMetrics: Sendable {
         actual.requestStarted()
     }
 
-    /// How one attempt ended (status 0 when it got no response: connect error, reset, attempt timeout).
-    public func attemptResponded(statusCode: Int, grpcStatus: Int?, latencyToFirstByteNanos: UInt64, failed: Bool) {
+    /// How one attempt ended: status 0 and `error` when it got no response (connect error, reset, timeout).
+    public func attemptResponded(
+        statusCode: Int, grpcStatus: Int?, latencyToFirstByteNanos: UInt64, failed: Bool,
+        error: ResponseError? = nil
+    ) {
         actual.responded(
             statusCode: statusCode, grpcStatus: grpcStatus, latencyToFirstByteNanos: latencyToFirstByteNanos,
-            failed: failed)
+            failed: failed, error: error)
     }
 
     public func retried() { counters.add(1, at: Self.retriesIndex) }
@@ -176,20 +183,15 @@ public final class RouteMetricsRegistry: Sendable {
         }
         var responses: [(labels: String, response: HTTPTrafficMetrics.Snapshot.Response)] = []
         for (labels, snapshot) in series {
-            let classes = snapshot.responses.sorted {
-                ($0.responseClass.statusCode, $0.responseClass.grpcStatus ?? -1, $0.responseClass.failure ? 1 : 0)
-                    < ($1.responseClass.statusCode, $1.responseClass.grpcStatus ?? -1, $1.responseClass.failure ? 1 : 0)
-            }
+            let classes = snapshot.responses.sorted { $0.responseClass.sortKey < $1.responseClass.sortKey }
             for response in classes { responses.append((labels, response)) }
         }
         guard !responses.isEmpty else { return }
         let total = "\(prefix)_response_total"
         PrometheusText.header(total, .counter, help: "Total count of HTTP responses\(kind).", into: &output)
         for (labels, response) in responses {
-            let responseClass = response.responseClass
-            var text = labels + ",classification=\"\(responseClass.failure ? "failure" : "success")\""
-            if let grpc = responseClass.grpcStatus { text += ",grpc_status_code=\"\(grpc)\"" }
-            text += ",status_code=\"\(responseClass.statusCode)\""
+            var text = labels
+            response.responseClass.appendLabels(to: &text, classification: true)
             PrometheusText.sample(total, labels: text, value: String(response.count), into: &output)
         }
         let latency = "\(prefix)_response_latency_ms"
@@ -198,7 +200,8 @@ public final class RouteMetricsRegistry: Sendable {
             help: "Elapsed times between a request's headers being received and its response's first byte\(kind).",
             into: &output)
         for (labels, response) in responses {
-            let base = labels + ",status_code=\"\(response.responseClass.statusCode)\""
+            var base = labels
+            response.responseClass.appendLabels(to: &base, classification: false)
             var cumulative: UInt64 = 0
             for (index, bound) in HTTPTrafficMetrics.latencyBucketsMilliseconds.enumerated() {
                 cumulative &+= response.buckets[index]

@@ -59,9 +59,14 @@ public final class HTTPTrafficMetrics: Sendable {
     }
 
     /// Like ``responded(statusCode:grpcStatus:latencyToFirstByteNanos:)``; `failed` forces `failure` for a
-    /// response whose head looked fine but whose stream then broke (reset, truncated body).
-    public func responded(statusCode: Int, grpcStatus: Int?, latencyToFirstByteNanos: UInt64, failed: Bool) {
-        let key = ResponseClass.key(statusCode: statusCode, grpcStatus: grpcStatus, failed: failed)
+    /// response whose head looked fine but whose stream then broke (reset, truncated body). `error` names why
+    /// there is no (complete) response; with `statusCode` 0 (no response head at all) the series has no
+    /// `status_code` label, only `error`, as Linkerd reports it.
+    public func responded(
+        statusCode: Int, grpcStatus: Int?, latencyToFirstByteNanos: UInt64, failed: Bool,
+        error: ResponseError? = nil
+    ) {
+        let key = ResponseClass.key(statusCode: statusCode, grpcStatus: grpcStatus, failed: failed, error: error)
         let bucket = Self.bucketIndex(latencyToFirstByteNanos)
         if let base = claimSlot(key) {
             counters.add(latencyToFirstByteNanos, at: base + Self.sumOffset)
@@ -149,21 +154,54 @@ public final class HTTPTrafficMetrics: Sendable {
     }
 }
 
-/// `status_code`, `grpc_status_code` and `classification` of a response, packed into one non-zero `UInt64` so
-/// a slot can be claimed with a single compare-and-swap.
+/// Why an exchange ended without a (complete) response: Linkerd's `error` label of `response_total`, which
+/// replaces `status_code` when no response head came at all and is added to it when the stream broke after one.
+public enum ResponseError: UInt64, Sendable, CaseIterable {
+    /// A route timeout (request, response, idle, per attempt) expired.
+    case timeout = 1
+    /// No connection to the endpoint (refused, connect timeout, TLS handshake).
+    case connect
+    /// The upstream connection or stream was reset or closed before the response ended.
+    case reset
+    /// The client went away (closed its connection, reset its stream) before the response ended.
+    case cancel
+
+    public var label: String {
+        switch self {
+        case .timeout: "timeout"
+        case .connect: "connect"
+        case .reset: "reset"
+        case .cancel: "cancel"
+        }
+    }
+
+    /// The label for an exchange the proxy gave up on for `reason`.
+    init(_ reason: ProxyError.Reason) {
+        switch reason {
+        case .requestTimeout: self = .timeout
+        case .connectRefused, .connectTimeout, .tlsFailed, .noEndpoints: self = .connect
+        case .upstreamReset: self = .reset
+        case .unauthorized, .noTargetPort, .badTarget, .unsupportedRoute: self = .cancel
+        }
+    }
+}
+
+/// `status_code`, `grpc_status_code`, `error` and `classification` of a response, packed into one non-zero
+/// `UInt64` so a slot can be claimed with a single compare-and-swap.
 struct ResponseClass: Hashable {
     var statusCode: Int
     var grpcStatus: Int?
     var failure: Bool
+    var error: ResponseError?
 
     private static let present: UInt64 = 1 << 40
     private static let failedBit: UInt64 = 1 << 41
 
-    static func key(statusCode: Int, grpcStatus: Int?, failed: Bool) -> UInt64 {
+    static func key(statusCode: Int, grpcStatus: Int?, failed: Bool, error: ResponseError? = nil) -> UInt64 {
         let status = UInt64(min(max(statusCode, 0), 999))
         let grpc = grpcStatus.map { UInt64(min(max($0, 0), 0xFFFE)) + 1 } ?? 0
-        let failure = failed || (500...599).contains(status) || (grpc > 1)
-        return present | (failure ? failedBit : 0) | (status << 16) | grpc
+        let failure = failed || error != nil || (500...599).contains(status) || (grpc > 1)
+        return present | (failure ? failedBit : 0) | ((error?.rawValue ?? 0) << 32) | (status << 16) | grpc
     }
 
     init(key: UInt64) {
@@ -171,6 +209,24 @@ struct ResponseClass: Hashable {
         let grpc = key & 0xFFFF
         grpcStatus = grpc == 0 ? nil : Int(grpc - 1)
         failure = key & Self.failedBit != 0
+        error = ResponseError(rawValue: (key >> 32) & 0xFF)
+    }
+
+    /// The labels of `response_total` after the series' own: `classification`, `error` (no or a broken
+    /// response), `grpc_status_code` (gRPC only), and `status_code` unless no response head came (Linkerd omits
+    /// it then rather than inventing a status). Latency histograms take the labels after `classification`.
+    func appendLabels(to text: inout String, classification: Bool) {
+        if classification {
+            text += failure ? ",classification=\"failure\"" : ",classification=\"success\""
+        }
+        if let error { text += ",error=\"\(error.label)\"" }
+        if classification, let grpcStatus { text += ",grpc_status_code=\"\(grpcStatus)\"" }
+        if statusCode != 0 { text += ",status_code=\"\(statusCode)\"" }
+    }
+
+    /// Render order: by status, gRPC status, error, then successes first.
+    var sortKey: (Int, Int, Int, Int) {
+        (statusCode, grpcStatus ?? -1, Int(error?.rawValue ?? 0), failure ? 1 : 0)
     }
 }
 

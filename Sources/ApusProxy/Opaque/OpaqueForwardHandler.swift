@@ -27,6 +27,9 @@ final class OpaqueForwardHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private var buffered: ByteBuffer?
     private var connecting = false
     private var readHeld = false
+    /// The client sent FIN before the upstream connection was glued (it wrote its request and half-closed at
+    /// once); the FIN is passed on right after the bytes held meanwhile.
+    private var inputClosed = false
     private var context: ChannelHandlerContext?
     private var tls: TLSStatus
     /// BALANCE: the balancer's claim on the endpoint being connected to.
@@ -40,6 +43,9 @@ final class OpaqueForwardHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        // Without this a client's FIN arriving while the upstream connection is being made would close the
+        // connection and drop the bytes held so far.
+        try? context.channel.syncOptions?.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
         if case .inboundTransport = route { return }
         if context.channel.isActive { start(context: context) }
     }
@@ -75,6 +81,16 @@ final class OpaqueForwardHandler: ChannelDuplexHandler, RemovableChannelHandler 
         if connecting { readHeld = true } else { context.read() }
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard let event = event as? ChannelEvent, case .inputClosed = event else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        inputClosed = true
+        // A peer that half-closes before completing the transport header never will.
+        if case .inboundTransport = route, !connecting { context.close(promise: nil) }
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         context.close(promise: nil)
     }
@@ -108,10 +124,20 @@ final class OpaqueForwardHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 let handler = loopBound.value
                 let direct = UpstreamTarget(host: ip, port: port, httpProtocol: .http1)
                 // BALANCE: per connection, as Linkerd balances TCP; the lease completes when the connect does.
-                guard case .success(let resolved) = result, case .endpoints(let set) = resolved.resolution,
-                    let lease = handler.pickEndpoint(resolved, set: set)
-                else {
+                guard case .success(let resolved) = result, case .endpoints(let set) = resolved.resolution else {
                     handler.connect(direct, header: nil, labels: [:])
+                    return
+                }
+                guard let lease = handler.pickEndpoint(resolved, set: set) else {
+                    // Falling back to the original address would send a meshed destination's bytes in plaintext
+                    // past the identity check (every endpoint ejected by failure accrual): fail closed instead.
+                    if set.values.contains(where: { $0.identity != nil }) {
+                        handler.shared.metrics.httpError(
+                            direction: handler.shared.direction, reason: ProxyError.Reason.noEndpoints.rawValue)
+                        handler.context?.close(promise: nil)
+                    } else {
+                        handler.connect(direct, header: nil, labels: [:])
+                    }
                     return
                 }
                 handler.lease = lease
@@ -131,8 +157,37 @@ final class OpaqueForwardHandler: ChannelDuplexHandler, RemovableChannelHandler 
         }
     }
 
+    /// Whether an outbound connection redirected to `original` is proxied as opaque TCP without protocol
+    /// detection: discovery marks the port opaque (the profile's opaque ports, or an endpoint's `opaque` protocol
+    /// hint), as Linkerd's outbound side consults discovery before detecting. Detecting would hold a
+    /// server-speaks-first protocol (SMTP, MySQL) for the whole detect timeout, because its client sends nothing
+    /// until the server's banner arrives, and the banner cannot arrive before the proxy connects upstream.
+    ///
+    /// Answers at once when discovery's answer is known (static endpoints, a destination already watched);
+    /// otherwise after the first lookup, which the resolver bounds by its first-frame timeout. A connection that
+    /// was not redirected (nothing to look up) or a proxy without discovery is never opaque by this rule.
+    static func isOpaqueDestination(
+        _ original: SocketAddress?, shared: ForwardingContext, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<Bool> {
+        guard let original, let ip = original.ipAddress, let port = original.port, let resolver = shared.resolver
+        else { return eventLoop.makeSucceededFuture(false) }
+        let authority = TargetAddress(host: ip, port: port).description
+        if let known = resolver.resolveImmediately(authority: authority) {
+            return eventLoop.makeSucceededFuture(isOpaque(known, port: port))
+        }
+        return resolver.resolve(authority: authority, on: eventLoop).map { isOpaque($0, port: port) }
+            .recover { _ in false }
+    }
+
+    /// Discovery says `port` of `resolved` carries an opaque protocol.
+    static func isOpaque(_ resolved: ResolvedDestination, port: Int) -> Bool {
+        if resolved.profile?.opaquePorts.contains(port) == true { return true }
+        guard case .endpoints(let set) = resolved.resolution else { return false }
+        return set.values.contains { $0.protocolHint == .opaque }
+    }
+
     /// BALANCE: the destination's balancer picks without queueing (a TCP connection falls back to the
-    /// original address when nothing is available).
+    /// original address when nothing is available, unless the destination is meshed).
     private func pickEndpoint(_ resolved: ResolvedDestination, set: EndpointSet) -> EndpointLease? {
         guard let loop = context?.eventLoop else { return nil }
         let balancer = shared.balancers.balancer(for: resolved.canonical?.description ?? resolved.authority, on: loop)
@@ -190,6 +245,7 @@ final class OpaqueForwardHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 upstream.write(bytes, promise: nil)
             }
             upstream.flush()
+            if inputClosed { upstream.close(mode: .output, promise: nil) }
             try context.pipeline.syncOperations.addHandler(clientGlue, position: .after(self))
             connecting = false
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)

@@ -27,6 +27,21 @@ struct RouteExchange {
     var responseTimer: Scheduled<Void>?
     var attemptTimer: Scheduled<Void>?
     var backoffTimer: Scheduled<Void>?
+    /// `timeout.linkerd.io/idle`: one timer per exchange, re-armed only when it fires before the stream was idle
+    /// long enough (parts only record ``lastActivity``; nothing is scheduled or cancelled per body chunk).
+    var idleTimer: Scheduled<Void>?
+    /// Monotonic nanoseconds of the last part that moved either way (kept only when the route has an idle
+    /// timeout).
+    private(set) var lastActivity: UInt64 = 0
+    private(set) var tracksActivity = false
+    /// The request is gRPC on a route that retries `grpc-status` codes: a 200 response is held until its
+    /// trailers tell whether to retry it.
+    var holdsGRPCResponses = false
+    /// The response of the current attempt, held (not yet sent to the client) until its trailers arrive.
+    var held: HeldResponse?
+    /// When the head of a gRPC response that streams (not held) arrived: the attempt is counted at its end,
+    /// with the `grpc-status` of its trailers.
+    var trailersPendingSince: UInt64?
     /// When the current attempt was sent (monotonic nanoseconds), for its latency in the actual metrics.
     var attemptStartedAt: UInt64 = 0
     /// An attempt was sent and its outcome is not counted yet.
@@ -34,6 +49,7 @@ struct RouteExchange {
     /// How the last counted attempt ended, for the transport metrics of an attempt that is retried.
     var lastAttemptStatus = 0
     var lastAttemptGRPCStatus: Int?
+    var lastAttemptError: ResponseError?
 
     mutating func start(
         _ plan: RoutePlan, metrics: RouteMetrics, head: HTTPRequestHead, authority: String,
@@ -47,6 +63,14 @@ struct RouteExchange {
         self.resolved = resolved
         replay = ReplayBuffer()
         if plan.mayRetry { replay.enable() }
+        tracksActivity = plan.idleTimeout != nil
+        if tracksActivity { lastActivity = NIODeadline.now().uptimeNanoseconds }
+    }
+
+    /// A part moved (either way): the idle timer measures from the latest one.
+    @inline(__always)
+    mutating func touch() {
+        if tracksActivity { lastActivity = NIODeadline.now().uptimeNanoseconds }
     }
 
     /// The head with the route's request header edits (what every attempt sends).
@@ -60,10 +84,12 @@ struct RouteExchange {
         responseTimer?.cancel()
         attemptTimer?.cancel()
         backoffTimer?.cancel()
+        idleTimer?.cancel()
         requestTimer = nil
         responseTimer = nil
         attemptTimer = nil
         backoffTimer = nil
+        idleTimer = nil
     }
 
     mutating func cancelAttemptTimer() {
@@ -79,6 +105,11 @@ struct RouteExchange {
         metrics = nil
         attempts = 0
         attemptInFlight = false
+        lastAttemptError = nil
+        tracksActivity = false
+        holdsGRPCResponses = false
+        held = nil
+        trailersPendingSince = nil
         replay = ReplayBuffer()
         head = nil
         resolved = nil
@@ -124,5 +155,29 @@ struct ReplayBuffer {
             break
         }
         parts.append(part)
+    }
+}
+
+/// A gRPC response held back from the client until its trailers (`grpc-status`) decide whether the attempt is
+/// retried. Bounded like the request replay buffer: a body over ``ReplayBuffer/capacity`` is released and
+/// streamed, and the attempt can then no longer be retried.
+struct HeldResponse {
+    var head: HTTPResponseHead
+    /// When the head arrived (monotonic nanoseconds): the attempt's time to first byte.
+    var receivedAt: UInt64
+    private(set) var bodies: [ByteBuffer] = []
+    private(set) var bytes = 0
+
+    init(head: HTTPResponseHead, receivedAt: UInt64) {
+        self.head = head
+        self.receivedAt = receivedAt
+    }
+
+    /// Keeps `body`; false (and nothing kept) when it would take the held bytes over the capacity.
+    mutating func append(_ body: ByteBuffer) -> Bool {
+        guard bytes + body.readableBytes <= ReplayBuffer.capacity else { return false }
+        bytes += body.readableBytes
+        bodies.append(body)
+        return true
     }
 }

@@ -34,6 +34,8 @@ struct RoutePlan {
     var responseTimeout: TimeAmount?
     /// Each attempt, until its response head.
     var attemptTimeout: TimeAmount?
+    /// The longest the exchange may go without a part moving either way (`timeout.linkerd.io/idle`).
+    var idleTimeout: TimeAmount?
     var retry: Retry = .none
     /// The ServiceProfile route's response classes; nil means Linkerd's default (5xx is a failure).
     var serviceProfileRoute: CompiledServiceProfile.Route?

@@ -30,6 +30,9 @@ public final class RouteTable: Sendable {
     /// BALANCE: HTTPRoute `namespace/name` → rule index → its backends and split key (`backendRefs` weights).
     private let backendsByRule: [String: [Int: (backends: [WeightedBackend], key: String)]]
     private let defaultPlan: RoutePlan
+    /// The plan of each ServiceProfile route (same order as its routes), built with the table rather than per
+    /// request: a request only picks one.
+    private let serviceProfilePlans: [RoutePlan]
 
     /// - Parameter now: monotonic nanoseconds, the retry budget's start.
     public init(profile: DestinationProfile, now: UInt64 = NIODeadline.now().uptimeNanoseconds) {
@@ -79,6 +82,13 @@ public final class RouteTable: Sendable {
             Self.apply(policy, to: &fallback)
         }
         defaultPlan = fallback
+        serviceProfilePlans = (serviceProfile?.routes ?? []).map { [budget] route in
+            var plan = RoutePlan(name: route.name)
+            plan.serviceProfileRoute = route
+            plan.requestTimeout = TimeAmount(route.timeout)
+            if route.isRetryable { plan.retry = .budgeted(budget) }
+            return plan
+        }
     }
 
     /// Whether any request can get something other than the plain `[DEFAULT]` route.
@@ -89,12 +99,8 @@ public final class RouteTable: Sendable {
         if let serviceProfile {
             guard !serviceProfile.routes.isEmpty else { return defaultPlan }
             let request = RouteRequest(method: head.method.rawValue, target: head.uri)
-            guard let route = serviceProfile.route(for: request) else { return defaultPlan }
-            var plan = RoutePlan(name: route.name)
-            plan.serviceProfileRoute = route
-            plan.requestTimeout = TimeAmount(route.timeout)
-            if route.isRetryable { plan.retry = .budgeted(budget) }
-            return plan
+            guard let index = serviceProfile.routeIndex(for: request) else { return defaultPlan }
+            return serviceProfilePlans[index]
         }
         guard let router else { return defaultPlan }
         let request = RouteRequest(
@@ -132,7 +138,7 @@ public final class RouteTable: Sendable {
         of routes: [CompiledHTTPRoute], profile: DestinationProfile
     ) -> [String: [Int: (backends: [WeightedBackend], key: String)]] {
         let name = profile.fullyQualifiedName
-        let domain = name.range(of: ".svc.").map { String(name[$0.upperBound...]) } ?? "cluster.local"
+        let domain = name.firstRange(of: ".svc.").map { String(name[$0.upperBound...]) } ?? "cluster.local"
         var result: [String: [Int: (backends: [WeightedBackend], key: String)]] = [:]
         for route in routes {
             let key = route.key.description
@@ -148,6 +154,7 @@ public final class RouteTable: Sendable {
     private static func apply(_ policy: RoutePolicy, to plan: inout RoutePlan) {
         plan.requestTimeout = TimeAmount(policy.timeouts.request)
         plan.responseTimeout = TimeAmount(policy.timeouts.response)
+        plan.idleTimeout = TimeAmount(policy.timeouts.idle)
         let attempt = [TimeAmount(policy.retry?.timeout), TimeAmount(policy.timeouts.backendRequest)].compactMap { $0 }
         plan.attemptTimeout = attempt.min()
         if let retry = policy.retry, retry.limit > 0 { plan.retry = .limited(retry) }

@@ -1,4 +1,8 @@
-import Foundation
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// Decides who may tap. Tap shows every request's method, authority and path, so it is off unless configured:
 /// - **Identity** (`APUS_PROXY_TAP_SVC_NAME`, Linkerd's `LINKERD2_PROXY_TAP_SVC_NAME`): the caller connected over
@@ -60,16 +64,25 @@ public struct TapAuthorizer: Sendable, Hashable {
 
     private func readToken(_ path: String) -> String? {
         guard let data = FileManager.default.contents(atPath: path) else { return nil }
-        let token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let token = Self.trimmed(String(decoding: data, as: UTF8.self))
         return token.isEmpty ? nil : token
     }
 
     static func bearerToken(_ header: String?) -> String? {
         guard let header else { return nil }
-        let trimmed = header.trimmingCharacters(in: .whitespaces)
+        let trimmed = Self.trimmed(header)
         guard trimmed.count > 7, trimmed.prefix(7).lowercased() == "bearer " else { return nil }
-        let token = trimmed.dropFirst(7).trimmingCharacters(in: .whitespaces)
+        let token = Self.trimmed(trimmed.dropFirst(7))
         return token.isEmpty ? nil : token
+    }
+
+    /// Without leading and trailing whitespace and newlines (FoundationEssentials, which the proxy links to stay
+    /// clear of ICU, has no `trimmingCharacters(in:)`).
+    static func trimmed(_ text: some StringProtocol) -> String {
+        guard let first = text.firstIndex(where: { !$0.isWhitespace }),
+            let last = text.lastIndex(where: { !$0.isWhitespace })
+        else { return "" }
+        return String(text[first...last])
     }
 
     /// Compares without an early exit, so response timing does not reveal how much of a guess was right.

@@ -1,5 +1,10 @@
 import ApusCore
-import Foundation
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// Which exchanges a tap subscriber wants, evaluated in the proxy (server side) when the request event is built,
 /// so unwanted exchanges never reach the subscriber's buffer. Every condition given must hold.
@@ -39,7 +44,7 @@ public struct TapFilter: Sendable {
         if let method, request.method != method { return false }
         if let authority {
             guard let requestAuthority = request.authority,
-                requestAuthority.caseInsensitiveCompare(authority) == .orderedSame
+                Self.equalIgnoringASCIICase(requestAuthority, authority)
             else { return false }
         }
         if !paths.isEmpty {
@@ -103,6 +108,13 @@ public struct TapFilter: Sendable {
             filter.bufferSize = size
         }
         return filter
+    }
+
+    /// Authorities are ASCII (IDNA names, IP literals), so an ASCII fold is exact and needs no Unicode tables.
+    static func equalIgnoringASCIICase(_ lhs: String, _ rhs: String) -> Bool {
+        lhs.utf8.elementsEqual(rhs.utf8) { left, right in
+            left == right || (left | 0x20 == right | 0x20 && (0x61...0x7A).contains(left | 0x20))
+        }
     }
 
     private static func path(_ codingPath: [any CodingKey]) -> String {

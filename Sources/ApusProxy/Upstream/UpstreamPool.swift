@@ -20,7 +20,9 @@ final class UpstreamPool {
     private let meshTLS: MeshTLS?
     /// Idle HTTP/1.1 connections kept per target; more are closed when released (bounded memory).
     private let maximumIdlePerTarget: Int
-    private var idle: [UpstreamTarget: [UpstreamHandler]] = [:]
+    /// Boxed per target: mutating an array inside the dictionary goes through `Dictionary`'s `_modify`
+    /// coroutine, whose frame is heap-allocated — two mallocs per request on the acquire/release path.
+    private var idle: [UpstreamTarget: IdleConnections] = [:]
     private var http2: [UpstreamTarget: HTTP2Upstream] = [:]
 
     init(eventLoop: EventLoop, meshTLS: MeshTLS?, maximumIdlePerTarget: Int = 128) {
@@ -39,12 +41,14 @@ final class UpstreamPool {
         switch target.httpProtocol {
         case .http1:
             if !dedicated, !fresh {
-                // Popped in place (a copy of the list would be a copy-on-write allocation per request).
-                while let handler = idle[target]?.popLast() {
-                    if idle[target]?.isEmpty == true { idle[target] = nil }
-                    if handler.isActive {
-                        completion(.success(handler))
-                        return
+                // An emptied list stays: dropping it would make the next `release` allocate a new one, a malloc
+                // per request for a client that keeps one request in flight. `forget` prunes empty lists.
+                if let connections = idle[target] {
+                    while let handler = connections.handlers.popLast() {
+                        if handler.isActive {
+                            completion(.success(handler))
+                            return
+                        }
                     }
                 }
             }
@@ -97,20 +101,27 @@ final class UpstreamPool {
 
     /// Returns a keep-alive connection after a complete exchange.
     func release(_ handler: UpstreamHandler) {
-        guard (idle[handler.target]?.count ?? 0) < maximumIdlePerTarget else {
+        if let connections = idle[handler.target] {
+            guard connections.handlers.count < maximumIdlePerTarget else {
+                handler.abort()
+                return
+            }
+            connections.handlers.append(handler)
+        } else if maximumIdlePerTarget > 0 {
+            idle[handler.target] = IdleConnections(handler)
+        } else {
             handler.abort()
-            return
         }
-        idle[handler.target, default: []].append(handler)
     }
 
-    /// Drops a closed HTTP/1.1 connection from the idle list.
+    /// Drops a closed HTTP/1.1 connection from the idle list, and the list once it is empty (so a proxy that has
+    /// talked to many targets keeps no entry for those without idle connections).
     func forget(_ handler: UpstreamHandler) {
-        guard var handlers = idle[handler.target],
-            let index = handlers.firstIndex(where: { $0 === handler })
-        else { return }
-        handlers.remove(at: index)
-        idle[handler.target] = handlers.isEmpty ? nil : handlers
+        guard let connections = idle[handler.target] else { return }
+        if let index = connections.handlers.firstIndex(where: { $0 === handler }) {
+            connections.handlers.remove(at: index)
+        }
+        if connections.handlers.isEmpty { idle[handler.target] = nil }
     }
 
     /// Takes an HTTP/2 connection out of service (GOAWAY, closed, failed); its open streams continue.
@@ -120,7 +131,7 @@ final class UpstreamPool {
 
     /// Closes every pooled connection (shutdown).
     func closeAll() {
-        for handlers in idle.values { for handler in handlers { handler.abort() } }
+        for connections in idle.values { for handler in connections.handlers { handler.abort() } }
         idle.removeAll()
         for connection in http2.values { connection.close() }
         http2.removeAll()
@@ -133,7 +144,7 @@ final class UpstreamPool {
     ) {
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(timeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
         let future: EventLoopFuture<Channel>
         if let address = try? SocketAddress(ipAddress: target.host, port: target.port) {
             future = bootstrap.connect(to: address)
@@ -171,6 +182,15 @@ final class UpstreamPool {
                 }
             }
         }
+    }
+}
+
+/// The idle keep-alive connections to one target, most recently released last (reused first).
+final class IdleConnections {
+    var handlers: [UpstreamHandler]
+
+    init(_ handler: UpstreamHandler) {
+        handlers = [handler]
     }
 }
 
