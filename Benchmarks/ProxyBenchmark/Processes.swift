@@ -116,6 +116,32 @@ enum ProcessMemory {
     }
 }
 
+/// CPU time (user + system) of other processes, from `/proc/<pid>/stat`: the proxies' cost per request, which on
+/// 2 shared cores is steadier than req/s (wrk, the backend and the proxy compete for the same cores, so a rate moves
+/// with whatever else runs; the CPU one request costs does not).
+enum ProcessCPU {
+    static func seconds(pids: [Int32]) throws -> Double {
+        let ticksPerSecond = Double(sysconf(Int32(_SC_CLK_TCK)))
+        var ticks = 0
+        for pid in pids {
+            let stat: String
+            do {
+                stat = try String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)
+            } catch {
+                throw BenchmarkError("cannot read /proc/\(pid)/stat (has the process exited?): \(error)")
+            }
+            // Fields after the parenthesized command name: state is the 1st, utime the 12th, stime the 13th.
+            guard let close = stat.lastIndex(of: ")") else { throw BenchmarkError("unreadable /proc/\(pid)/stat") }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 12, let user = Int(fields[11]), let system = Int(fields[12]) else {
+                throw BenchmarkError("unreadable /proc/\(pid)/stat")
+            }
+            ticks += user + system
+        }
+        return Double(ticks) / ticksPerSecond
+    }
+}
+
 /// Small network helpers: free ports and a plain HTTP/1.1 GET that reports the status line and headers.
 enum Network {
     /// A port that was free a moment ago on 127.0.0.1.

@@ -30,7 +30,8 @@ struct Report: Encodable {
             "  wrk       \(load)",
             "",
             pad("", 24) + lpad("req/s", 10) + lpad("p50", 10) + lpad("p99", 10) + lpad("idle RSS", 12)
-                + lpad("peak RSS", 12) + lpad("×direct", 9) + lpad("×HAProxy", 10) + lpad("p99×HAP", 9),
+                + lpad("peak RSS", 12) + lpad("CPU/req", 10) + lpad("×direct", 9) + lpad("×HAProxy", 10)
+                + lpad("p99×HAP", 9),
         ]
         var notes: [String] = []
         for row in rows {
@@ -43,6 +44,7 @@ struct Report: Encodable {
             line += lpad(milliseconds(result.p50Milliseconds), 10) + lpad(milliseconds(result.p99Milliseconds), 10)
             line += lpad(row.idle.map { Format.mebibytes($0.residentBytes) } ?? "—", 12)
             line += lpad(row.peak.map { Format.mebibytes($0.peakBytes) } ?? "—", 12)
+            line += lpad(row.cpuSecondsPerRequest.map(microseconds) ?? "—", 10)
             line += lpad(ratio(result.requestsPerSecond, direct?.requestsPerSecond), 9)
             line += lpad(ratio(result.requestsPerSecond, haproxy?.requestsPerSecond), 10)
             line += lpad(ratio(result.p99Milliseconds, haproxy?.p99Milliseconds), 9)
@@ -60,7 +62,14 @@ struct Report: Encodable {
             "RSS: VmRSS before the load (idle) and VmHWM after it (peak) of the proxy process; NGINX: master + workers;"
         )
         lines.append("the pair: client proxy on its row, server proxy below it. ×HAProxy > 1 is faster for req/s and")
-        lines.append("slower for p99 (p99×HAP is the row's p99 over HAProxy's).")
+        lines.append(
+            "slower for p99 (p99×HAP is the row's p99 over HAProxy's). CPU/req: user + system CPU of the proxy")
+        lines.append("processes during the measured run per request (the pair: both proxies), steadier than req/s on")
+        lines.append("shared cores.")
+        if let routing = routingCost() {
+            lines.append("")
+            lines.append(routing)
+        }
         if let goals = goalVerdicts(haproxy: haproxy) {
             lines.append("")
             lines.append(goals)
@@ -92,7 +101,35 @@ struct Report: Encodable {
             let met = peak.peakBytes <= Self.loadedGoalBytes
             parts.append("peak RSS \(Format.mebibytes(peak.peakBytes)) (goal ≤ 30 MiB: \(met ? "met" : "missed"))")
         }
+        if let cpu = apus.cpuSecondsPerRequest,
+            let haproxyCPU = rows.first(where: { $0.name == Runner.haproxyName })?.cpuSecondsPerRequest, haproxyCPU > 0
+        {
+            parts.append(
+                "CPU per request \(microseconds(cpu)) = \(String(format: "%.2f", cpu / haproxyCPU))× HAProxy's "
+                    + "\(microseconds(haproxyCPU)) (what bounds req/s when the cores are shared)")
+        }
         return "Goals for one hop (issue 4):\n" + parts.map { "  - " + $0 }.joined(separator: "\n")
+    }
+
+    /// Issue 5's figure: the 20-route profile with retries against the plain hop, in req/s and CPU per request.
+    private func routingCost() -> String? {
+        guard let plain = rows.first(where: { $0.name == Runner.apusName }), let plainResult = plain.result,
+            let routed = rows.first(where: { $0.name == Runner.routedName }), let routedResult = routed.result,
+            plain.error == nil, routed.error == nil, plainResult.requestsPerSecond > 0
+        else { return nil }
+        let rate = (routedResult.requestsPerSecond / plainResult.requestsPerSecond - 1) * 100
+        var text = String(
+            format: "Routing cost (issue 5, 20 regex routes + retries vs the plain hop): req/s %+.0f %%", rate)
+        if let plainCPU = plain.cpuSecondsPerRequest, let routedCPU = routed.cpuSecondsPerRequest, plainCPU > 0 {
+            text += String(
+                format: ", CPU per request %+.1f µs (%+.0f %%)", (routedCPU - plainCPU) * 1e6,
+                (routedCPU / plainCPU - 1) * 100)
+        }
+        return text
+    }
+
+    private func microseconds(_ seconds: Double) -> String {
+        String(format: "%.1f µs", seconds * 1e6)
     }
 
     private func milliseconds(_ value: Double) -> String {

@@ -11,6 +11,9 @@ struct Row: Encodable {
     var peak: ProcessMemory.Sample?
     var serverIdle: ProcessMemory.Sample?
     var serverPeak: ProcessMemory.Sample?
+    /// CPU seconds (user + system) of the proxy processes — for the pair both proxies, for NGINX master and
+    /// workers — during the measured run, divided by the requests wrk completed in it.
+    var cpuSecondsPerRequest: Double?
     /// Why the row has no figures (or why its figures are suspect).
     var error: String?
 
@@ -159,7 +162,8 @@ struct Runner {
             try await waitUntilForwarding(
                 port: ports[4], host: MeshFixture.authority, processes: [client, server], what: "the apus-proxy pair")
             let serverIdle = try ProcessMemory.sample(pid: server.pid, includingChildren: false)
-            var row = await measure(Self.pairName, port: ports[4], host: MeshFixture.authority, processes: [client])
+            var row = await measure(
+                Self.pairName, port: ports[4], host: MeshFixture.authority, processes: [client, server])
             row.serverIdle = serverIdle
             row.serverPeak = try? ProcessMemory.sample(pid: server.pid, includingChildren: false)
             return row
@@ -185,6 +189,8 @@ struct Runner {
         return row
     }
 
+    /// - Parameters:
+    ///   - processes: the proxy whose memory the row shows first; all of them count for CPU per request.
     private func measure(
         _ name: String, port: Int, host: String, processes: [ServerProcess], includeChildren: Bool = false
     ) async -> Row {
@@ -196,9 +202,15 @@ struct Runner {
             printProgress("\(name): warm-up \(options.warmup) s")
             _ = try await Wrk.run(tools.wrk, port: port, host: host, options: options, seconds: options.warmup)
             printProgress("\(name): measuring \(options.duration) s")
+            // Children are listed after the warm-up, when NGINX's workers are surely up.
+            let cpuPIDs = processes.flatMap { [$0.pid] + (includeChildren ? ProcessMemory.children(of: $0.pid) : []) }
+            let cpuBefore = try ProcessCPU.seconds(pids: cpuPIDs)
             let result = try await Wrk.run(
                 tools.wrk, port: port, host: host, options: options, seconds: options.duration)
             row.result = result
+            if !cpuPIDs.isEmpty, result.requests > 0 {
+                row.cpuSecondsPerRequest = (try ProcessCPU.seconds(pids: cpuPIDs) - cpuBefore) / Double(result.requests)
+            }
             if let proxy = processes.first {
                 try proxy.checkRunning()
                 row.peak = try ProcessMemory.sample(pid: proxy.pid, includingChildren: includeChildren)

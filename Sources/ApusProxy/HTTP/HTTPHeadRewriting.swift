@@ -103,11 +103,20 @@ enum HTTPHeadRewriting {
     /// Whether `name` is one of ``ProxyHeaders/hopByHop``, compared without allocating.
     @inline(__always)
     static func isHopByHop(_ name: String) -> Bool {
-        for candidate in hopByHopNames where equalsASCIILowercase(name, candidate) { return true }
+        // Every header of every head goes through here twice per request: most names are ruled out by their
+        // length alone, the rest compared against the one or two names of that length.
+        let length = name.utf8.count
+        guard length < hopByHopNamesByLength.count else { return false }
+        for candidate in hopByHopNamesByLength[length] where equalsASCIILowercase(name, candidate) { return true }
         return false
     }
 
-    private static let hopByHopNames = Array(ProxyHeaders.hopByHop)
+    /// ``ProxyHeaders/hopByHop`` indexed by name length.
+    private static let hopByHopNamesByLength: [[String]] = {
+        var table = [[String]](repeating: [], count: (ProxyHeaders.hopByHop.map(\.utf8.count).max() ?? 0) + 1)
+        for name in ProxyHeaders.hopByHop { table[name.utf8.count].append(name) }
+        return table
+    }()
 
     /// `name` equals `lowercase` (already lower-cased) ignoring ASCII case, as header names compare.
     @inline(__always)
