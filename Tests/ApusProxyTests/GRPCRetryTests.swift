@@ -178,21 +178,7 @@ final class TrailerBackend: Sendable {
 
     static func start() async throws -> TrailerBackend {
         let state = NIOLockedValueBox(State())
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-                        mode: .server, connectionConfiguration: .init(), streamConfiguration: .init(),
-                        inboundStreamInitializer: { stream in
-                            stream.eventLoop.makeCompletedFuture {
-                                try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
-                                try stream.pipeline.syncOperations.addHandler(TrailerHandler(state: state))
-                            }
-                        })
-                }
-            }
-            .bind(host: "127.0.0.1", port: 0).get()
+        let channel = try await bindHTTPTestServer(http2: true) { TrailerHandler(state: state) }
         return TrailerBackend(channel: channel, state: state)
     }
 

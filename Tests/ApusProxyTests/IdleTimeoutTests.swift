@@ -191,27 +191,7 @@ final class StallingBackend: Sendable {
 
     static func start(http2: Bool = false) async throws -> StallingBackend {
         let closed = NIOLockedValueBox(0)
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let pipeline = channel.pipeline.syncOperations
-                    guard http2 else {
-                        try pipeline.configureHTTPServerPipeline()
-                        try pipeline.addHandler(StallingHandler(closed: closed))
-                        return
-                    }
-                    _ = try pipeline.configureHTTP2Pipeline(
-                        mode: .server, connectionConfiguration: .init(), streamConfiguration: .init(),
-                        inboundStreamInitializer: { stream in
-                            stream.eventLoop.makeCompletedFuture {
-                                try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
-                                try stream.pipeline.syncOperations.addHandler(StallingHandler(closed: closed))
-                            }
-                        })
-                }
-            }
-            .bind(host: "127.0.0.1", port: 0).get()
+        let channel = try await bindHTTPTestServer(http2: http2) { StallingHandler(closed: closed) }
         return StallingBackend(channel: channel, closed: closed)
     }
 

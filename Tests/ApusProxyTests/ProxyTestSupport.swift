@@ -9,6 +9,38 @@ import NIOHTTP1
 import NIOHTTP2
 import NIOPosix
 
+/// Binds a test application on 127.0.0.1 (a free port) speaking HTTP/1.1 or h2c (prior knowledge): every
+/// HTTP/1 connection, or every HTTP/2 stream, gets a new handler from `makeHandler` that sees
+/// `HTTPServerRequestPart`s either way, so one handler serves both versions.
+/// - Parameter onConnection: called for each accepted TCP connection, before its pipeline is set up.
+func bindHTTPTestServer(
+    http2: Bool, onConnection: (@Sendable () -> Void)? = nil,
+    _ makeHandler: @escaping @Sendable () -> any ChannelHandler
+) async throws -> any Channel {
+    try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+        .childChannelInitializer { channel in
+            onConnection?()
+            return channel.eventLoop.makeCompletedFuture {
+                let pipeline = channel.pipeline.syncOperations
+                guard http2 else {
+                    try pipeline.configureHTTPServerPipeline(withErrorHandling: true)
+                    try pipeline.addHandler(makeHandler())
+                    return
+                }
+                _ = try pipeline.configureHTTP2Pipeline(
+                    mode: .server, connectionConfiguration: .init(), streamConfiguration: .init(),
+                    inboundStreamInitializer: { stream in
+                        stream.eventLoop.makeCompletedFuture {
+                            try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
+                            try stream.pipeline.syncOperations.addHandler(makeHandler())
+                        }
+                    })
+            }
+        }
+        .bind(host: "127.0.0.1", port: 0).get()
+}
+
 /// An application for the proxy to forward to: answers every request with `200`, the request body echoed back
 /// (streamed as it arrives), `x-echo-*` headers describing what it received, and `grpc-status: 0` as a trailer.
 /// Speaks HTTP/1.1 or h2c (prior knowledge), and answers an `Upgrade: echo` request with 101 and then echoes raw
@@ -24,29 +56,8 @@ final class EchoServer: Sendable {
     }
 
     static func start(_ version: HTTPVersion) async throws -> EchoServer {
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let pipeline = channel.pipeline.syncOperations
-                    switch version {
-                    case .http1:
-                        try pipeline.configureHTTPServerPipeline(withServerUpgrade: nil, withErrorHandling: true)
-                        try pipeline.addHandler(EchoHandler(isHTTP2: false))
-                    case .http2:
-                        _ = try pipeline.configureHTTP2Pipeline(
-                            mode: .server, connectionConfiguration: .init(), streamConfiguration: .init(),
-                            inboundStreamInitializer: { stream in
-                                stream.eventLoop.makeCompletedFuture {
-                                    try stream.pipeline.syncOperations.addHandler(
-                                        HTTP2FramePayloadToHTTP1ServerCodec())
-                                    try stream.pipeline.syncOperations.addHandler(EchoHandler(isHTTP2: true))
-                                }
-                            })
-                    }
-                }
-            }
-            .bind(host: "127.0.0.1", port: 0).get()
+        let http2 = version == .http2
+        let channel = try await bindHTTPTestServer(http2: http2) { EchoHandler(isHTTP2: http2) }
         return EchoServer(channel: channel)
     }
 

@@ -48,28 +48,9 @@ final class ScriptedBackend: Sendable {
     /// - Parameter http2: speak h2c (prior knowledge) instead of HTTP/1.1.
     static func start(http2: Bool = false) async throws -> ScriptedBackend {
         let state = NIOLockedValueBox(State())
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                state.withLockedValue { $0.connections += 1 }
-                return channel.eventLoop.makeCompletedFuture {
-                    let pipeline = channel.pipeline.syncOperations
-                    guard http2 else {
-                        try pipeline.configureHTTPServerPipeline(withErrorHandling: true)
-                        try pipeline.addHandler(ScriptedHandler(state: state))
-                        return
-                    }
-                    _ = try pipeline.configureHTTP2Pipeline(
-                        mode: .server, connectionConfiguration: .init(), streamConfiguration: .init(),
-                        inboundStreamInitializer: { stream in
-                            stream.eventLoop.makeCompletedFuture {
-                                try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
-                                try stream.pipeline.syncOperations.addHandler(ScriptedHandler(state: state))
-                            }
-                        })
-                }
-            }
-            .bind(host: "127.0.0.1", port: 0).get()
+        let channel = try await bindHTTPTestServer(
+            http2: http2, onConnection: { state.withLockedValue { $0.connections += 1 } }
+        ) { ScriptedHandler(state: state) }
         return ScriptedBackend(channel: channel, state: state)
     }
 
