@@ -212,27 +212,21 @@ import Testing
 /// The same guarantees end to end, through a running proxy to a real HTTP/1.1 backend.
 @Suite(.serialized) struct HTTP1PipeliningProxyTests {
     @Test func pipelinedRequestsAreAnsweredInOrderAndAHalfCloseStillGetsTheAnswers() async throws {
-        let echo = try await EchoServer.start(.http1)
-        let proxy = try await RunningProxy.start()
-        defer {
-            Task {
-                await proxy.stop()
-                await echo.stop()
+        try await withProxiedEcho(.http1) { echo, proxy in
+            let host = "Host: 127.0.0.1:\(echo.port)\r\n"
+            // Three requests in one write, the connection half-closed right after them: all three are answered, in
+            // order, and then the proxy closes (`sendThenHalfClose` returns only once it has).
+            let requests = ["/first", "/second", "/third"].map {
+                "POST \($0) HTTP/1.1\r\n\(host)Content-Length: 2\r\n\r\nok"
             }
+            let answer = try await Self.sendThenHalfClose(port: proxy.ports.outbound, requests.joined())
+            let uris = answer.split(separator: "\r\n").filter { $0.lowercased().hasPrefix("x-echo-uri:") }
+            #expect(
+                uris.map { $0.dropFirst("x-echo-uri:".count).trimmingCharacters(in: .whitespaces) } == [
+                    "/first", "/second", "/third",
+                ])
+            #expect(answer.components(separatedBy: "HTTP/1.1 200").count == 4)
         }
-        let host = "Host: 127.0.0.1:\(echo.port)\r\n"
-        // Three requests in one write, the connection half-closed right after them: all three are answered, in
-        // order, and then the proxy closes (`sendThenHalfClose` returns only once it has).
-        let requests = ["/first", "/second", "/third"].map {
-            "POST \($0) HTTP/1.1\r\n\(host)Content-Length: 2\r\n\r\nok"
-        }
-        let answer = try await Self.sendThenHalfClose(port: proxy.ports.outbound, requests.joined())
-        let uris = answer.split(separator: "\r\n").filter { $0.lowercased().hasPrefix("x-echo-uri:") }
-        #expect(
-            uris.map { $0.dropFirst("x-echo-uri:".count).trimmingCharacters(in: .whitespaces) } == [
-                "/first", "/second", "/third",
-            ])
-        #expect(answer.components(separatedBy: "HTTP/1.1 200").count == 4)
     }
 
     /// Writes `text`, shuts the connection's sending side, and returns everything received until the peer closes

@@ -10,27 +10,21 @@ import Testing
 /// `await` subcommand of the binary.
 @Suite(.serialized) struct ProxyHardeningTests {
     @Test func headResponseAdvertisingChunkedEncodingCarriesNoChunkTerminator() async throws {
-        let echo = try await EchoServer.start(.http1)
-        let proxy = try await RunningProxy.start()
-        defer {
-            Task {
-                await proxy.stop()
-                await echo.stop()
-            }
+        try await withProxiedEcho(.http1) { echo, proxy in
+            let host = "Host: 127.0.0.1:\(echo.port)\r\n"
+            // Two requests pipelined on one connection: a stray `0\r\n\r\n` after the HEAD response would be read by
+            // the client as the start of the second response.
+            let received = try await rawExchange(
+                port: proxy.ports.outbound,
+                Array("HEAD /h HTTP/1.1\r\n\(host)\r\nGET /g HTTP/1.1\r\n\(host)Connection: close\r\n\r\n".utf8))
+            let parts = received.components(separatedBy: "\r\n\r\n")
+            try #require(parts.count >= 2)
+            #expect(parts[0].hasPrefix("HTTP/1.1 200"))
+            #expect(parts[0].lowercased().contains("transfer-encoding: chunked"))
+            #expect(parts[0].contains("x-echo-method: HEAD"))
+            #expect(parts[1].hasPrefix("HTTP/1.1 200"))
+            #expect(parts[1].contains("x-echo-method: GET"))
         }
-        let host = "Host: 127.0.0.1:\(echo.port)\r\n"
-        // Two requests pipelined on one connection: a stray `0\r\n\r\n` after the HEAD response would be read by
-        // the client as the start of the second response.
-        let received = try await rawExchange(
-            port: proxy.ports.outbound,
-            Array("HEAD /h HTTP/1.1\r\n\(host)\r\nGET /g HTTP/1.1\r\n\(host)Connection: close\r\n\r\n".utf8))
-        let parts = received.components(separatedBy: "\r\n\r\n")
-        try #require(parts.count >= 2)
-        #expect(parts[0].hasPrefix("HTTP/1.1 200"))
-        #expect(parts[0].lowercased().contains("transfer-encoding: chunked"))
-        #expect(parts[0].contains("x-echo-method: HEAD"))
-        #expect(parts[1].hasPrefix("HTTP/1.1 200"))
-        #expect(parts[1].contains("x-echo-method: GET"))
     }
 
     @Test func idempotentRequestOnAConnectionTheServerClosedIsRetriedOnceOnAFreshOne() async throws {

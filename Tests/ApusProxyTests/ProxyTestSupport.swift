@@ -167,6 +167,30 @@ struct RunningProxy {
     }
 }
 
+/// Runs `body` with an ``EchoServer`` and a standalone ``RunningProxy`` in front of it, and stops both once it
+/// returns or throws.
+func withProxiedEcho(
+    _ version: EchoServer.HTTPVersion, _ body: (EchoServer, RunningProxy) async throws -> Void
+) async throws {
+    let echo = try await EchoServer.start(version)
+    let proxy: RunningProxy
+    do {
+        proxy = try await RunningProxy.start()
+    } catch {
+        await echo.stop()
+        throw error
+    }
+    do {
+        try await body(echo, proxy)
+    } catch {
+        await proxy.stop()
+        await echo.stop()
+        throw error
+    }
+    await proxy.stop()
+    await echo.stop()
+}
+
 /// What `curl` printed: status, headers (lower-cased names; last value wins) and body.
 struct CurlResult {
     var exitCode: Int32
