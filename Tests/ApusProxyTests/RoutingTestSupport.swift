@@ -49,8 +49,8 @@ final class ScriptedBackend: Sendable {
     static func start(http2: Bool = false) async throws -> ScriptedBackend {
         let state = NIOLockedValueBox(State())
         let channel = try await bindHTTPTestServer(
-            http2: http2, onConnection: { state.withLockedValue { $0.connections += 1 } }
-        ) { ScriptedHandler(state: state) }
+            http2: http2, onConnection: { state.withLockedValue { $0.connections += 1 } },
+            { ScriptedHandler(state: state) })
         return ScriptedBackend(channel: channel, state: state)
     }
 
