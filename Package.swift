@@ -315,6 +315,9 @@ let package = Package(
             dependencies: [
                 "ApusController", "ApusDestinationClient", "ApusIdentity", "BenchmarkSupport",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Benchmarks/ProxyBenchmark"
         ),

@@ -16,7 +16,7 @@ public final class ChildProcess<Ready: Decodable, Command: ChildCommandMessage, 
     /// - Parameter outputLabel: the label of the queue that reads the child's stdout.
     public init(serving arguments: [String], outputLabel: String) throws {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: try Self.executablePath())
+        process.executableURL = URL(fileURLWithPath: try currentExecutablePath())
         process.arguments = [serveFlag] + arguments
         let stdin = Pipe()
         let stdout = Pipe()
@@ -94,10 +94,11 @@ public final class ChildProcess<Ready: Decodable, Command: ChildCommandMessage, 
         }
         if process.isRunning { process.terminate() }
     }
+}
 
-    private static func executablePath() throws -> String {
-        if let path = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") { return path }
-        if let path = Bundle.main.executablePath { return path }
-        throw BenchmarkError("cannot find this executable's path to start the server child")
-    }
+/// The path of the running benchmark binary, to start it again as a `--serve` child.
+public func currentExecutablePath() throws -> String {
+    if let path = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") { return path }
+    if let path = Bundle.main.executablePath { return path }
+    throw BenchmarkError("cannot find this executable's path to start the server child")
 }

@@ -25,6 +25,8 @@ struct Runner {
     static let directName = "direct (wrk → nginx)"
     static let apusName = "apus-proxy (1 hop)"
     static let routedName = "apus-proxy (20 routes)"
+    static let floorName = "NIO codecs only"
+    static let relayName = "NIO TCP relay"
     static let haproxyName = "HAProxy"
     static let nginxName = "NGINX"
     static let pairName = "apus-proxy pair (mTLS)"
@@ -50,6 +52,8 @@ struct Runner {
             rows.append(await measure(Self.directName, port: backendPort, host: backendAuthority, processes: []))
             rows.append(await apusOneHop(backendPort: backendPort))
             rows.append(await apusRouted(backendPort: backendPort))
+            rows.append(await nioFloor(.http, backendPort: backendPort))
+            rows.append(await nioFloor(.tcp, backendPort: backendPort))
             rows.append(await haproxy(backendPort: backendPort))
             rows.append(await nginxProxy(backendPort: backendPort))
             if options.tls { rows.append(await apusPair(backendPort: backendPort)) }
@@ -94,6 +98,23 @@ struct Runner {
             let host = RoutedFixture.authority
             try await waitUntilForwarding(port: ports[0], host: host, processes: [proxy], what: "apus-proxy (routed)")
             return await measure(Self.routedName, port: ports[0], host: host, processes: [proxy])
+        }
+    }
+
+    /// ``NIOFloorProxy`` in a child process: what SwiftNIO's HTTP/1 codecs (`.http`) or its channels alone
+    /// (`.tcp`) cost under apus-proxy's hop.
+    private func nioFloor(_ mode: NIOFloorProxy.Mode, backendPort: Int) async -> Row {
+        let name = mode == .http ? Self.floorName : Self.relayName
+        return await withRow(name) { started in
+            let port = try Network.freePort()
+            let process = try ServerProcess(
+                name: "nio floor proxy \(mode.rawValue)", executable: try currentExecutablePath(),
+                arguments: [serveFlag, NIOFloorProxy.serveName, mode.rawValue, String(port), String(backendPort)],
+                logDirectory: directory)
+            started.append(process)
+            let host = "127.0.0.1:\(backendPort)"
+            try await waitUntilForwarding(port: port, host: host, processes: [process], what: name)
+            return await measure(name, port: port, host: host, processes: [process])
         }
     }
 

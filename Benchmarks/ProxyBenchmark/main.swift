@@ -17,10 +17,22 @@ exit(
         Array(CommandLine.arguments.dropFirst()), serve: ProxyBenchmark.serve, run: ProxyBenchmark.run))
 
 enum ProxyBenchmark {
-    /// There is no server child: every server is a real program (nginx, HAProxy, apus-proxy).
+    /// The one server child: `--serve nio-floor <http|tcp> <listen port> <backend port>` (``NIOFloorProxy``).
+    /// Every other server is a real program (nginx, HAProxy, apus-proxy).
     static func serve(_ arguments: [String]) async -> Int32 {
-        FileHandle.standardError.write(Data("ProxyBenchmark has no --serve child\n".utf8))
-        return 2
+        guard arguments.count == 4, arguments[0] == NIOFloorProxy.serveName,
+            let mode = NIOFloorProxy.Mode(rawValue: arguments[1]), let listen = Int(arguments[2]),
+            let backend = Int(arguments[3])
+        else {
+            FileHandle.standardError.write(
+                Data(
+                    "usage: ProxyBenchmark --serve \(NIOFloorProxy.serveName) http|tcp <listen port> <backend port>\n"
+                        .utf8))
+            return 2
+        }
+        return await runServerChild(named: "nio-floor proxy") {
+            try await NIOFloorProxy.run(mode: mode, listenPort: listen, backendPort: backend)
+        }
     }
 
     static func run(_ options: Options) async -> Int32 {
