@@ -7,56 +7,11 @@ import Testing
 @Suite(.serialized) struct LocalMeshSeed002Tests {
     /// hello calls world (`/`, answered after `worldLatency` ms, failing `worldErrorRate` of requests with 500).
     static func pods(marker: String, worldLatency: Int, worldErrorRate: Double) -> String {
-        """
-        apiVersion: v1
-        kind: Namespace
-        metadata: {name: mesh, annotations: {linkerd.io/inject: enabled}}
-        ---
-        apiVersion: v1
-        kind: ServiceAccount
-        metadata: {name: hello, namespace: mesh}
-        ---
-        apiVersion: v1
-        kind: ServiceAccount
-        metadata: {name: world, namespace: mesh}
-        ---
-        apiVersion: v1
-        kind: Pod
-        metadata: {name: hello, namespace: mesh, labels: {app: hello}}
-        spec:
-          serviceAccountName: hello
-          containers:
-          - name: app
-            command: ["apus-demo", "hello"]
-            env:
-            - {name: WORLD_URL, value: "http://world.mesh.svc.cluster.local:7101/"}
-            - {name: LATENCY_MS, value: "0"}
-            - {name: MESH_TEST_RUN, value: "\(marker)"}
-            ports: [{containerPort: 7100}]
-            readinessProbe: {httpGet: {path: /healthz, port: 7100}, periodSeconds: 1}
-        ---
-        apiVersion: v1
-        kind: Pod
-        metadata: {name: world, namespace: mesh, labels: {app: world}}
-        spec:
-          serviceAccountName: world
-          containers:
-          - name: app
-            command: ["apus-demo", "world"]
-            env:
-            - {name: LATENCY_MS, value: "\(worldLatency)"}
-            - {name: ERROR_RATE, value: "\(worldErrorRate)"}
-            - {name: MESH_TEST_RUN, value: "\(marker)"}
-            ports: [{containerPort: 7101}]
-            readinessProbe: {httpGet: {path: /healthz, port: 7101}, periodSeconds: 1}
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {name: world, namespace: mesh}
-        spec:
-          selector: {app: world}
-          ports: [{port: 7101}]
-        """
+        MeshManifests.file(
+            MeshManifests.namespace, MeshManifests.serviceAccount("hello"), MeshManifests.serviceAccount("world"),
+            MeshManifests.helloPod(marker: marker, worldURL: "http://world.mesh.svc.cluster.local:7101/"),
+            MeshManifests.worldPod(marker: marker, latencyMs: worldLatency, errorRate: worldErrorRate),
+            MeshManifests.service("world", port: 7101))
     }
 
     /// world's profile: one route for `GET /`, with `settings` (YAML lines at the route's indentation).

@@ -13,70 +13,20 @@ import Testing
     /// hello calls world through its outbound proxy; world's `/whoami` echoes the headers world's app received, so
     /// hello's answer shows what crossed the mesh.
     static func manifests(marker: String, worldPod: String = "world") -> String {
-        """
-        apiVersion: v1
-        kind: Namespace
-        metadata: {name: mesh, annotations: {linkerd.io/inject: enabled}}
-        ---
-        apiVersion: v1
-        kind: ServiceAccount
-        metadata: {name: hello, namespace: mesh}
-        ---
-        apiVersion: v1
-        kind: ServiceAccount
-        metadata: {name: world, namespace: mesh}
-        ---
-        apiVersion: v1
-        kind: Pod
-        metadata: {name: hello, namespace: mesh, labels: {app: hello}}
-        spec:
-          serviceAccountName: hello
-          containers:
-          - name: app
-            command: ["apus-demo", "hello"]
-            env:
-            - {name: WORLD_URL, value: "http://world.mesh.svc.cluster.local:7101/whoami"}
-            - {name: LATENCY_MS, value: "0"}
-            - {name: MESH_TEST_RUN, value: "\(marker)"}
-            ports: [{containerPort: 7100}]
-            readinessProbe: {httpGet: {path: /healthz, port: 7100}, periodSeconds: 1}
-        ---
-        apiVersion: v1
-        kind: Pod
-        metadata: {name: \(worldPod), namespace: mesh, labels: {app: world}}
-        spec:
-          serviceAccountName: world
-          containers:
-          - name: app
-            command: ["apus-demo", "world"]
-            env:
-            - {name: LATENCY_MS, value: "0"}
-            - {name: MESH_TEST_RUN, value: "\(marker)"}
-            ports: [{containerPort: 7101}]
-            readinessProbe: {httpGet: {path: /healthz, port: 7101}, periodSeconds: 1}
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {name: hello, namespace: mesh}
-        spec:
-          selector: {app: hello}
-          ports: [{port: 7100}]
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {name: world, namespace: mesh}
-        spec:
-          selector: {app: world}
-          ports: [{port: 7101}]
-        ---
-        apiVersion: linkerd.io/v1alpha2
-        kind: ServiceProfile
-        metadata: {name: world.mesh.svc.cluster.local, namespace: mesh}
-        spec:
-          routes:
-          - name: GET /whoami
-            condition: {method: GET, pathRegex: /whoami}
-        """
+        MeshManifests.file(
+            MeshManifests.namespace, MeshManifests.serviceAccount("hello"), MeshManifests.serviceAccount("world"),
+            MeshManifests.helloPod(marker: marker, worldURL: "http://world.mesh.svc.cluster.local:7101/whoami"),
+            MeshManifests.worldPod(name: worldPod, marker: marker), MeshManifests.service("hello", port: 7100),
+            MeshManifests.service("world", port: 7101),
+            """
+            apiVersion: linkerd.io/v1alpha2
+            kind: ServiceProfile
+            metadata: {name: world.mesh.svc.cluster.local, namespace: mesh}
+            spec:
+              routes:
+              - name: GET /whoami
+                condition: {method: GET, pathRegex: /whoami}
+            """)
     }
 
     static let helloIdentity = "hello.mesh.serviceaccount.identity.apus.cluster.local"

@@ -15,66 +15,15 @@ import Testing
 @Suite(.serialized) struct LocalTapTests {
     /// hello calls the world Deployment's `/whoami` through the mesh; `quiet` is meshed with tap disabled.
     static func manifests(marker: String) -> String {
-        """
-        apiVersion: v1
-        kind: Namespace
-        metadata: {name: mesh, annotations: {linkerd.io/inject: enabled}}
-        ---
-        apiVersion: v1
-        kind: Pod
-        metadata: {name: hello, namespace: mesh, labels: {app: hello}}
-        spec:
-          containers:
-          - name: app
-            command: ["apus-demo", "hello"]
-            env:
-            - {name: WORLD_URL, value: "http://world.mesh.svc.cluster.local:7101/whoami"}
-            - {name: LATENCY_MS, value: "0"}
-            - {name: MESH_TEST_RUN, value: "\(marker)"}
-            ports: [{containerPort: 7100}]
-            readinessProbe: {httpGet: {path: /healthz, port: 7100}, periodSeconds: 1}
-        ---
-        apiVersion: apps/v1
-        kind: Deployment
-        metadata: {name: world, namespace: mesh}
-        spec:
-          replicas: 1
-          selector: {matchLabels: {app: world}}
-          template:
-            metadata: {labels: {app: world}}
-            spec:
-              containers:
-              - name: app
-                command: ["apus-demo", "world"]
-                env:
-                - {name: LATENCY_MS, value: "0"}
-                - {name: MESH_TEST_RUN, value: "\(marker)"}
-                ports: [{containerPort: 7101}]
-                readinessProbe: {httpGet: {path: /healthz, port: 7101}, periodSeconds: 1}
-        ---
-        apiVersion: v1
-        kind: Pod
-        metadata:
-          name: quiet
-          namespace: mesh
-          labels: {app: quiet}
-          annotations: {config.linkerd.io/disable-tap: "true"}
-        spec:
-          containers:
-          - name: app
-            command: ["apus-demo", "world"]
-            env:
-            - {name: LATENCY_MS, value: "0"}
-            - {name: MESH_TEST_RUN, value: "\(marker)"}
-            ports: [{containerPort: 7101}]
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {name: world, namespace: mesh}
-        spec:
-          selector: {app: world}
-          ports: [{port: 7101}]
-        """
+        MeshManifests.file(
+            MeshManifests.namespace,
+            MeshManifests.helloPod(
+                marker: marker, worldURL: "http://world.mesh.svc.cluster.local:7101/whoami", serviceAccount: false),
+            MeshManifests.worldDeployment(marker: marker),
+            MeshManifests.worldPod(
+                name: "quiet", app: "quiet", marker: marker, serviceAccount: false,
+                annotations: "config.linkerd.io/disable-tap: \"true\"", readiness: false),
+            MeshManifests.service("world", port: 7101))
     }
 
     @Test("apus tap deploy/world --path /whoami prints req/rsp/end of matching requests only; a wrong token is refused")
