@@ -40,7 +40,7 @@ enum NIOFloorProxy {
                             try pipeline.addHandler(HTTPRequestEncoder())
                             try pipeline.addHandler(
                                 ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)))
-                            try pipeline.addHandler(FloorResponseRelay(client: client))
+                            try pipeline.addHandler(PartRelay<HTTPResponseHead>(peer: client))
                         }
                     }
                     .connect(host: "127.0.0.1", port: backendPort)
@@ -52,7 +52,7 @@ enum NIOFloorProxy {
                         }
                         try pipeline.configureHTTPServerPipeline(
                             withPipeliningAssistance: false, withErrorHandling: false)
-                        try pipeline.addHandler(FloorRequestRelay(upstream: upstream))
+                        try pipeline.addHandler(PartRelay<HTTPRequestHead>(peer: upstream))
                     }
             }
             .bind(host: "127.0.0.1", port: listenPort).get()
@@ -61,59 +61,31 @@ enum NIOFloorProxy {
     }
 }
 
-/// Client side: request parts go to the upstream connection; closing either side closes the other.
-private final class FloorRequestRelay: ChannelInboundHandler {
-    typealias InboundIn = HTTPServerRequestPart
+/// Either side of the `http` mode: each decoded part is written to the peer as the same part for its encoder
+/// (request parts client → upstream, response parts upstream → client), flushed at the message's end; closing
+/// either side closes the other.
+private final class PartRelay<Head: Equatable & Sendable>: ChannelInboundHandler {
+    typealias InboundIn = HTTPPart<Head, ByteBuffer>
 
-    private let upstream: any Channel
+    private let peer: any Channel
 
-    init(upstream: any Channel) {
-        self.upstream = upstream
+    init(peer: any Channel) {
+        self.peer = peer
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
-            upstream.write(HTTPClientRequestPart.head(head), promise: nil)
+            peer.write(HTTPPart<Head, IOData>.head(head), promise: nil)
         case .body(let body):
-            upstream.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil)
+            peer.write(HTTPPart<Head, IOData>.body(.byteBuffer(body)), promise: nil)
         case .end(let trailers):
-            upstream.writeAndFlush(HTTPClientRequestPart.end(trailers), promise: nil)
+            peer.writeAndFlush(HTTPPart<Head, IOData>.end(trailers), promise: nil)
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        upstream.close(promise: nil)
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        context.close(promise: nil)
-    }
-}
-
-/// Upstream side: response parts go back to the client connection.
-private final class FloorResponseRelay: ChannelInboundHandler {
-    typealias InboundIn = HTTPClientResponsePart
-
-    private let client: any Channel
-
-    init(client: any Channel) {
-        self.client = client
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            client.write(HTTPServerResponsePart.head(head), promise: nil)
-        case .body(let body):
-            client.write(HTTPServerResponsePart.body(.byteBuffer(body)), promise: nil)
-        case .end(let trailers):
-            client.writeAndFlush(HTTPServerResponsePart.end(trailers), promise: nil)
-        }
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        client.close(promise: nil)
+        peer.close(promise: nil)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
