@@ -215,41 +215,18 @@ import Testing
         try await withProxiedEcho(.http1) { echo, proxy in
             let host = "Host: 127.0.0.1:\(echo.port)\r\n"
             // Three requests in one write, the connection half-closed right after them: all three are answered, in
-            // order, and then the proxy closes (`sendThenHalfClose` returns only once it has).
+            // order, and then the proxy closes (`rawExchange` reads until it has).
             let requests = ["/first", "/second", "/third"].map {
                 "POST \($0) HTTP/1.1\r\n\(host)Content-Length: 2\r\n\r\nok"
             }
-            let answer = try await Self.sendThenHalfClose(port: proxy.ports.outbound, requests.joined())
+            let answer = try await rawExchange(
+                port: proxy.ports.outbound, Array(requests.joined().utf8), halfClose: true)
             let uris = answer.split(separator: "\r\n").filter { $0.lowercased().hasPrefix("x-echo-uri:") }
             #expect(
                 uris.map { $0.dropFirst("x-echo-uri:".count).trimmingCharacters(in: .whitespaces) } == [
                     "/first", "/second", "/third",
                 ])
             #expect(answer.components(separatedBy: "HTTP/1.1 200").count == 4)
-        }
-    }
-
-    /// Writes `text`, shuts the connection's sending side, and returns everything received until the peer closes
-    /// (or 5 s pass).
-    static func sendThenHalfClose(port: Int, _ text: String) async throws -> String {
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connect(host: "127.0.0.1", port: port) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
-                        wrappingChannelSynchronously: channel,
-                        configuration: .init(isOutboundHalfClosureEnabled: true))
-                }
-            }
-        return try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(ByteBuffer(string: text))
-            outbound.finish()
-            var received = ""
-            let deadline = ContinuousClock.now + .seconds(5)
-            for try await buffer in inbound {
-                received += String(buffer: buffer)
-                if ContinuousClock.now > deadline { break }
-            }
-            return received
         }
     }
 }

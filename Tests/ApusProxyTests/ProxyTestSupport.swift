@@ -237,15 +237,19 @@ func curl(_ arguments: [String], stdin: Data? = nil) throws -> CurlResult {
 }
 
 /// Sends raw bytes on a fresh connection and returns everything the peer sends until it closes (or 5 s pass).
-func rawExchange(port: Int, _ bytes: [UInt8]) async throws -> String {
+/// - Parameter halfClose: send FIN right after `bytes` (the answer is then read until the proxy closes).
+func rawExchange(port: Int, _ bytes: [UInt8], halfClose: Bool = false) async throws -> String {
     let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
         .connect(host: "127.0.0.1", port: port) { channel in
             channel.eventLoop.makeCompletedFuture {
-                try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
+                    wrappingChannelSynchronously: channel,
+                    configuration: .init(isOutboundHalfClosureEnabled: halfClose))
             }
         }
     return try await channel.executeThenClose { inbound, outbound in
         try await outbound.write(ByteBuffer(bytes: bytes))
+        if halfClose { outbound.finish() }
         var received = ""
         let deadline = ContinuousClock.now + .seconds(5)
         for try await buffer in inbound {

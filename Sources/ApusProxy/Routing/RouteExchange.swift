@@ -33,7 +33,7 @@ struct RouteExchange {
     /// Monotonic nanoseconds of the last part that moved either way (kept only when the route has an idle
     /// timeout).
     private(set) var lastActivity: UInt64 = 0
-    private(set) var tracksActivity = false
+    private var tracksActivity: Bool { plan.idleTimeout != nil }
     /// The request is gRPC on a route that retries `grpc-status` codes: a 200 response is held until its
     /// trailers tell whether to retry it.
     var holdsGRPCResponses = false
@@ -63,7 +63,6 @@ struct RouteExchange {
         self.resolved = resolved
         replay = ReplayBuffer()
         if plan.mayRetry { replay.enable() }
-        tracksActivity = plan.idleTimeout != nil
         if tracksActivity { lastActivity = NIODeadline.now().uptimeNanoseconds }
     }
 
@@ -106,7 +105,6 @@ struct RouteExchange {
         attempts = 0
         attemptInFlight = false
         lastAttemptError = nil
-        tracksActivity = false
         holdsGRPCResponses = false
         held = nil
         trailersPendingSince = nil
