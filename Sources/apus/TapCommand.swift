@@ -1,4 +1,5 @@
 import ApusCore
+import ApusInjector
 import ArgumentParser
 import AsyncHTTPClient
 import Foundation
@@ -144,13 +145,13 @@ struct TapCommand: AsyncParsableCommand {
     }
 
     private func filterBody(targetNamespace: String) throws -> [UInt8] {
-        var filter = TapFilterBody()
+        var filter = TapFilterRequest()
         filter.pathPrefix = path
         filter.method = method?.uppercased()
         filter.authority = authority
         if let to {
             let resource = try TapTarget.resource(to, flag: "--to")
-            filter.to = TapFilterBody.Resource(namespace: toNamespace ?? targetNamespace, resource: resource)
+            filter.to = TapFilterRequest.Resource(namespace: toNamespace ?? targetNamespace, resource: resource)
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
@@ -363,23 +364,10 @@ struct TapPod: Sendable {
 
     /// Injected: the proxy-version annotation the webhook (and local mode) stamps, or a proxy container.
     static func isMeshed(_ pod: Pod) -> Bool {
-        if pod.metadata.annotations?["linkerd.io/proxy-version"] != nil { return true }
+        if pod.metadata.annotations?[InjectorNames.proxyVersion] != nil { return true }
         let containers = (pod.spec?.initContainers ?? []) + (pod.spec?.containers ?? [])
-        return containers.contains { $0.name == "linkerd-proxy" || $0.name == "apus-proxy" }
+        return containers.contains { InjectorNames.proxyContainerNames.contains($0.name) }
     }
-}
-
-/// The proxy's tap filter (`docs/tap.md`); absent fields match everything.
-struct TapFilterBody: Encodable {
-    struct Resource: Encodable {
-        var namespace: String?
-        var resource: String
-    }
-
-    var pathPrefix: String?
-    var method: String?
-    var authority: String?
-    var to: Resource?
 }
 
 /// One NDJSON event of the tap stream, as far as the text output needs it.

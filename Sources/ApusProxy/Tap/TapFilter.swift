@@ -66,9 +66,9 @@ public struct TapFilter: Sendable {
     public static func parse(json bytes: [UInt8]) throws(TapFilterError) -> TapFilter {
         var filter = TapFilter()
         if bytes.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) { return filter }
-        let body: Body
+        let body: TapFilterRequest
         do {
-            body = try JSONDecoder().decode(Body.self, from: Data(bytes))
+            body = try JSONDecoder().decode(TapFilterRequest.self, from: Data(bytes))
         } catch let DecodingError.typeMismatch(_, context) {
             throw TapFilterError(field: Self.path(context.codingPath), problem: context.debugDescription)
         } catch let DecodingError.dataCorrupted(context) where !context.codingPath.isEmpty {
@@ -120,21 +120,6 @@ public struct TapFilter: Sendable {
     private static func path(_ codingPath: [any CodingKey]) -> String {
         codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
     }
-
-    struct Body: Decodable {
-        var pathPrefix: String?
-        var pathRegex: String?
-        var method: String?
-        var authority: String?
-        var to: ResourceBody?
-        var from: ResourceBody?
-        var bufferSize: Int?
-    }
-
-    struct ResourceBody: Decodable {
-        var namespace: String?
-        var resource: String?
-    }
 }
 
 /// A workload as `kubectl`/`linkerd viz tap` names it: an optional namespace and an optional `kind/name`
@@ -165,7 +150,7 @@ public struct TapResourceFilter: Sendable, Hashable {
         "namespace": "namespace", "namespaces": "namespace", "ns": "namespace",
     ]
 
-    init(_ body: TapFilter.ResourceBody, field: String) throws(TapFilterError) {
+    init(_ body: TapFilterRequest.Resource, field: String) throws(TapFilterError) {
         namespace = body.namespace.flatMap { $0.isEmpty ? nil : $0 }
         if let resource = body.resource, !resource.isEmpty {
             let parts = resource.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
