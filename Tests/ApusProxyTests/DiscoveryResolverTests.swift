@@ -86,7 +86,8 @@ import Testing
         let destination = try await TestDestination.start()
         let resolver = DestinationResolver(
             client: try destination.client(), staticEndpoints: [:], clusterDomain: "cluster.local", namespace: "front",
-            idleTimeout: .milliseconds(300))
+            // A loaded `make test` has delayed the first answer past the 3 s default.
+            firstFrameTimeout: .seconds(30), idleTimeout: .milliseconds(300))
         let first = try await resolver.resolve(authority: "web.shop:80", on: Self.loop).get()
         #expect(!first.isPassthrough)
         try await MeshWait.until { destination.server.currentMetrics.streamsActive == 2 }

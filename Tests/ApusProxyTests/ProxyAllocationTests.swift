@@ -32,15 +32,23 @@ import Testing
     /// (fewer of the debug build's iteration frames).
     /// Lower the budget when the hot path gets leaner; raise it only for a feature that needs the allocations,
     /// and say so in the commit.
-    static let budgetPerRequest = 64
+    static let codecPathBudgetPerRequest = 64
+    /// The spliced path (`HTTP1SpliceHandler`, the default for plain HTTP/1.1): measured 2026-12-07, debug
+    /// build, 14.1 per request (15.0 before idle connections were taken without a callback) — socket reads, NIO's
+    /// pending-write bookkeeping for the head slices; no header list, no head encode. Budget: that with ~10 %
+    /// headroom.
+    static let splicedPathBudgetPerRequest = 17
 
-    @Test func keepAliveRequestsThroughOneProxyStayWithinTheAllocationBudget() async throws {
+    @Test(arguments: [true, false])
+    func keepAliveRequestsThroughOneProxyStayWithinTheAllocationBudget(spliced: Bool) async throws {
+        let budgetPerRequest = spliced ? Self.splicedPathBudgetPerRequest : Self.codecPathBudgetPerRequest
         let backend = try await HardeningServer.start(http: true) { FixedResponseHandler() }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         var configuration = ProxyConfiguration()
         configuration.outboundListen = ListenAddress(host: "127.0.0.1", port: 0)
         configuration.inboundListen = ListenAddress(host: "127.0.0.1", port: 0)
         configuration.adminListen = ListenAddress(host: "127.0.0.1", port: 0)
+        configuration.http1Splice = spliced
         let server = try ProxyServer(configuration: configuration, group: group)
         let run = Task { try await server.run() }
         let ports = try await server.waitUntilListening()
@@ -92,11 +100,13 @@ import Testing
             return apus_malloc_counter_allocations()
         }
         let perRequest = Double(allocations) / Double(Self.requests)
-        print("proxy allocations: \(allocations) for \(Self.requests) requests (\(perRequest) per request)")
+        let path = spliced ? "spliced" : "codec"
+        print(
+            "proxy allocations, \(path) path: \(allocations) for \(Self.requests) requests (\(perRequest) per request)")
         // Zero would mean the counter is not interposed and the test measures nothing.
         #expect(allocations > Self.requests)
         #expect(
-            allocations <= Self.requests * Self.budgetPerRequest,
+            allocations <= Self.requests * budgetPerRequest,
             "\(allocations) allocations for \(Self.requests) requests (\(perRequest) each)")
     }
 }

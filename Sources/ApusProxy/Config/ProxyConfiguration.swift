@@ -78,6 +78,10 @@ public struct ProxyConfiguration: Sendable {
     /// Request head limits; beyond them the proxy answers 431.
     public var maxHeaderBytes = 65536
     public var maxHeaderCount = 100
+    /// Plain HTTP/1.1 connections start on the spliced path (``HTTP1SpliceHandler``: bytes forwarded without
+    /// NIO's codec for requests that need only forwarding); `…_HTTP1_SPLICE=false` sends every request through
+    /// the codec path, for comparison or to rule the spliced path out when debugging.
+    public var http1Splice = true
     /// The mesh identity allowed to tap this proxy over mTLS on ``controlListen`` (`…_TAP_SVC_NAME`, the
     /// controller's identity); with ``tapTokenFile`` nil too, tap is disabled and the control port is not opened.
     public var tapIdentity: String?
@@ -174,6 +178,7 @@ public struct ProxyConfiguration: Sendable {
         configuration.shutdownEndpointEnabled = try reader.boolean("SHUTDOWN_ENDPOINT_ENABLED") ?? false
         configuration.maxHeaderBytes = try reader.integer("MAX_HEADER_BYTES", in: 1024...16_777_216) ?? 65536
         configuration.maxHeaderCount = try reader.integer("MAX_HEADER_COUNT", in: 1...10_000) ?? 100
+        configuration.http1Splice = try reader.boolean("HTTP1_SPLICE") ?? true
         configuration.tapIdentity = reader.lookup("TAP_SVC_NAME")?.value
         configuration.tapTokenFile = reader.lookup("TAP_TOKEN_FILE")?.value
         return configuration

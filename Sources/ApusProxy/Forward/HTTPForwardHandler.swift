@@ -56,9 +56,7 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
     private var firstByteNanos: UInt64 = 0
     private var responseStatus = 0
     private var grpcStatus: Int?
-    private var currentMetrics: HTTPTrafficMetrics?
-    private var cachedLabels: HTTPTrafficLabels?
-    private var cachedMetrics: HTTPTrafficMetrics?
+    private var metrics = ExchangeMetrics()
     /// Response parts written to the client since the last flush: the upstream's read completion flushes only
     /// then (a complete response was already flushed with its end).
     private var clientFlushPending = false
@@ -474,15 +472,7 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
         let labels = HTTPTrafficLabels(
             direction: shared.direction, authority: shared.direction == .outbound ? authority : nil,
             targetAddress: targetAddress, tls: tls, destination: destinationLabels)
-        if let cachedLabels, cachedLabels == labels, let cachedMetrics {
-            currentMetrics = cachedMetrics
-        } else {
-            let metrics = shared.metrics.http(labels)
-            cachedLabels = labels
-            cachedMetrics = metrics
-            currentMetrics = metrics
-        }
-        currentMetrics?.requestStarted()
+        metrics.requestStarted(labels, registry: shared.metrics)
         attemptStarting(context: context)
         // Tap: the request event once the target is known (the first attempt's; retries are not new requests).
         tap.request(
@@ -628,17 +618,9 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
             }
         }
         route.reset()
-        if let metrics = currentMetrics {
-            currentMetrics = nil
-            if responseStarted {
-                metrics.responded(
-                    statusCode: responseStatus, grpcStatus: grpcStatus, latencyToFirstByteNanos: firstByteNanos,
-                    failed: error != nil, error: error)
-            } else if let error {
-                metrics.responded(
-                    statusCode: 0, grpcStatus: nil, latencyToFirstByteNanos: 0, failed: true, error: error)
-            }
-        }
+        metrics.exchangeEnded(
+            status: responseStarted ? responseStatus : nil, grpcStatus: grpcStatus,
+            latencyToFirstByteNanos: firstByteNanos, error: error)
     }
 
     // MARK: Routes, timeouts, retries (issue 5)
@@ -861,14 +843,10 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
         route.held = nil
         lease?.complete(failed: true)
         lease = nil
-        if let transport = currentMetrics {
-            currentMetrics = nil
-            let error = route.lastAttemptError
-            transport.responded(
-                statusCode: route.lastAttemptStatus, grpcStatus: route.lastAttemptGRPCStatus,
-                latencyToFirstByteNanos: NIODeadline.now().uptimeNanoseconds &- route.attemptStartedAt,
-                failed: error != nil, error: error)
-        }
+        self.metrics.exchangeEnded(
+            status: route.lastAttemptStatus, grpcStatus: route.lastAttemptGRPCStatus,
+            latencyToFirstByteNanos: NIODeadline.now().uptimeNanoseconds &- route.attemptStartedAt,
+            error: route.lastAttemptError)
         attemptID &+= 1
         route.cancelAttemptTimer()
         state = .connecting(CircularBuffer(route.replay.parts))

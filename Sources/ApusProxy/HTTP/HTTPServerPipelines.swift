@@ -38,7 +38,26 @@ final class HTTP2QuiesceHandler: ChannelInboundHandler {
 /// `HTTPServerRequestPart`s (HTTP/2 through `HTTP2FramePayloadToHTTP1ServerCodec`, so trailers arrive as
 /// `.end(headers)`).
 enum HTTPServerPipelines {
+    /// An HTTP/1.1 connection: on the spliced path (``HTTP1SpliceHandler``) when it may start there, which hands
+    /// it to the codec path (``configureHTTP1Codec(_:shared:client:)``) at the first request it does not take.
     static func configureHTTP1(
+        _ channel: Channel, shared: ForwardingContext, client: ClientInfo
+    ) throws {
+        // The handler reads on while a response is in flight, so a client's FIN (or, over mesh TLS, its
+        // close_notify, which NIOSSL then reports the same way) must read as "no more requests": answer, then
+        // close, rather than close the connection under the response.
+        try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
+        guard HTTP1SpliceHandler.accepts(client, configuration: shared.configuration) else {
+            try configureHTTP1Codec(channel, shared: shared, client: client)
+            return
+        }
+        try channel.pipeline.syncOperations.addHandler(
+            HTTP1SpliceHandler(shared: shared, client: client) { channel in
+                try configureHTTP1Codec(channel, shared: shared, client: client)
+            })
+    }
+
+    private static func configureHTTP1Codec(
         _ channel: Channel, shared: ForwardingContext, client: ClientInfo
     ) throws {
         var limits = NIOHTTPDecoderLimitConfiguration()
@@ -58,10 +77,6 @@ enum HTTPServerPipelines {
             withPipeliningAssistance: false, withServerUpgrade: nil, withErrorHandling: false,
             withOutboundHeaderValidation: false, withEncoderConfiguration: HTTPResponseEncoder.Configuration(),
             withDecoderLimitConfiguration: limits)
-        // The handler reads on while a response is in flight, so a client's FIN (or, over mesh TLS, its
-        // close_notify, which NIOSSL then reports the same way) must read as "no more requests": answer, then
-        // close, rather than close the connection under the response.
-        try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
         try pipeline.addHandler(
             HTTP1ServerConnectionHandler { reason in metrics.httpError(direction: direction, reason: reason) })
         try pipeline.addHandler(HTTPForwardHandler(shared: shared, client: client))

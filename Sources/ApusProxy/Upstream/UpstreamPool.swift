@@ -22,7 +22,9 @@ final class UpstreamPool {
     private let maximumIdlePerTarget: Int
     /// Boxed per target: mutating an array inside the dictionary goes through `Dictionary`'s `_modify`
     /// coroutine, whose frame is heap-allocated — two mallocs per request on the acquire/release path.
-    private var idle: [UpstreamTarget: IdleConnections] = [:]
+    private var idle: [UpstreamTarget: IdleConnections<UpstreamHandler>] = [:]
+    /// Idle connections of the spliced HTTP/1.1 path (``HTTP1SpliceHandler``): raw byte pipelines, not codecs.
+    private var splicedIdle: [UpstreamTarget: IdleConnections<SplicedUpstreamHandler>] = [:]
     private var http2: [UpstreamTarget: HTTP2Upstream] = [:]
 
     init(eventLoop: EventLoop, meshTLS: MeshTLS?, maximumIdlePerTarget: Int = 128) {
@@ -43,13 +45,9 @@ final class UpstreamPool {
             if !dedicated, !fresh {
                 // An emptied list stays: dropping it would make the next `release` allocate a new one, a malloc
                 // per request for a client that keeps one request in flight. `forget` prunes empty lists.
-                if let connections = idle[target] {
-                    while let handler = connections.handlers.popLast() {
-                        if handler.isActive {
-                            completion(.success(handler))
-                            return
-                        }
-                    }
+                if let handler = idle[target]?.takeActive() {
+                    completion(.success(handler))
+                    return
                 }
             }
             let pool: UpstreamPool? = dedicated ? nil : self
@@ -101,27 +99,77 @@ final class UpstreamPool {
 
     /// Returns a keep-alive connection after a complete exchange.
     func release(_ handler: UpstreamHandler) {
-        if let connections = idle[handler.target] {
-            guard connections.handlers.count < maximumIdlePerTarget else {
-                handler.abort()
-                return
-            }
-            connections.handlers.append(handler)
-        } else if maximumIdlePerTarget > 0 {
-            idle[handler.target] = IdleConnections(handler)
-        } else {
-            handler.abort()
-        }
+        Self.release(handler, into: &idle, limit: maximumIdlePerTarget)
     }
 
     /// Drops a closed HTTP/1.1 connection from the idle list, and the list once it is empty (so a proxy that has
     /// talked to many targets keeps no entry for those without idle connections).
     func forget(_ handler: UpstreamHandler) {
-        guard let connections = idle[handler.target] else { return }
-        if let index = connections.handlers.firstIndex(where: { $0 === handler }) {
-            connections.handlers.remove(at: index)
+        Self.forget(handler, in: &idle)
+    }
+
+    /// A spliced HTTP/1.1 connection (raw bytes, ``SplicedUpstreamHandler``) for one exchange to `target`, plain
+    /// TCP only; `fresh` skips the idle ones. Completes on this loop.
+    func acquireSpliced(
+        _ target: UpstreamTarget, connectTimeout: TimeAmount, fresh: Bool = false,
+        _ completion: @escaping (Result<SplicedUpstreamHandler, ProxyError>) -> Void
+    ) {
+        if !fresh, let handler = takeIdleSpliced(target) {
+            completion(.success(handler))
+            return
         }
-        if connections.handlers.isEmpty { idle[handler.target] = nil }
+        connect(target, timeout: connectTimeout, alpn: [MeshTLS.alpnHTTP1]) { [self] result in
+            completion(
+                result.flatMap { channel in
+                    let handler = SplicedUpstreamHandler(target: target, pool: self)
+                    do {
+                        try channel.pipeline.syncOperations.addHandler(handler)
+                    } catch {
+                        channel.close(promise: nil)
+                        return .failure(ProxyError(.connectRefused, "setting up \(target): \(error)"))
+                    }
+                    return .success(handler)
+                })
+        }
+    }
+
+    /// The most recently released open spliced connection to `target`, if any.
+    func takeIdleSpliced(_ target: UpstreamTarget) -> SplicedUpstreamHandler? {
+        splicedIdle[target]?.takeActive()
+    }
+
+    func releaseSpliced(_ handler: SplicedUpstreamHandler) {
+        Self.release(handler, into: &splicedIdle, limit: maximumIdlePerTarget)
+    }
+
+    func forgetSpliced(_ handler: SplicedUpstreamHandler) {
+        Self.forget(handler, in: &splicedIdle)
+    }
+
+    private static func release<Connection: PooledConnection>(
+        _ connection: Connection, into idle: inout [UpstreamTarget: IdleConnections<Connection>], limit: Int
+    ) {
+        if let connections = idle[connection.target] {
+            guard connections.connections.count < limit else {
+                connection.abort()
+                return
+            }
+            connections.connections.append(connection)
+        } else if limit > 0 {
+            idle[connection.target] = IdleConnections(connection)
+        } else {
+            connection.abort()
+        }
+    }
+
+    private static func forget<Connection: PooledConnection>(
+        _ connection: Connection, in idle: inout [UpstreamTarget: IdleConnections<Connection>]
+    ) {
+        guard let connections = idle[connection.target] else { return }
+        if let index = connections.connections.firstIndex(where: { $0 === connection }) {
+            connections.connections.remove(at: index)
+        }
+        if connections.connections.isEmpty { idle[connection.target] = nil }
     }
 
     /// Takes an HTTP/2 connection out of service (GOAWAY, closed, failed); its open streams continue.
@@ -131,8 +179,10 @@ final class UpstreamPool {
 
     /// Closes every pooled connection (shutdown).
     func closeAll() {
-        for connections in idle.values { for handler in connections.handlers { handler.abort() } }
+        for connections in idle.values { for handler in connections.connections { handler.abort() } }
         idle.removeAll()
+        for connections in splicedIdle.values { for handler in connections.connections { handler.abort() } }
+        splicedIdle.removeAll()
         for connection in http2.values { connection.close() }
         http2.removeAll()
     }
@@ -185,12 +235,31 @@ final class UpstreamPool {
     }
 }
 
-/// The idle keep-alive connections to one target, most recently released last (reused first).
-final class IdleConnections {
-    var handlers: [UpstreamHandler]
+/// An HTTP/1.1 upstream connection the pool keeps between exchanges.
+protocol PooledConnection: AnyObject {
+    var target: UpstreamTarget { get }
+    var isActive: Bool { get }
+    func abort()
+}
 
-    init(_ handler: UpstreamHandler) {
-        handlers = [handler]
+extension UpstreamHandler: PooledConnection {}
+extension SplicedUpstreamHandler: PooledConnection {}
+
+/// The idle keep-alive connections to one target, most recently released last (reused first).
+final class IdleConnections<Connection: PooledConnection> {
+    var connections: [Connection]
+
+    init(_ connection: Connection) {
+        connections = [connection]
+    }
+
+    /// The most recently released connection that is still open; closed ones met on the way are dropped. An
+    /// emptied list stays (see ``UpstreamPool/acquire(_:connectTimeout:dedicated:fresh:_:)``).
+    func takeActive() -> Connection? {
+        while let connection = connections.popLast() {
+            if connection.isActive { return connection }
+        }
+        return nil
     }
 }
 
