@@ -76,7 +76,7 @@ enum HTTP1HeadScanner {
         guard index < count else { return .incomplete }
         guard bytes[index] == UInt8(ascii: "/") else { return .codecPath }
         while index < count, bytes[index] > 0x20, bytes[index] < 0x7F { index += 1 }
-        guard index + 11 <= count else { return index > maxHeaderBytes ? .codecPath : .incomplete }
+        guard index + 11 <= count else { return count > maxHeaderBytes ? .codecPath : .incomplete }
         guard matches(bytes, at: index, " HTTP/1.1\r\n") else { return .codecPath }
         index += 11
         let isHEAD = methodEnd == 4 && matches(bytes, at: 0, "HEAD")
@@ -90,7 +90,7 @@ enum HTTP1HeadScanner {
         var close = false
         var headers = 0
         while true {
-            guard index < count else { return index > maxHeaderBytes ? .codecPath : .incomplete }
+            guard index < count else { return count > maxHeaderBytes ? .codecPath : .incomplete }
             if bytes[index] == UInt8(ascii: "\r") {
                 guard index + 1 < count else { return .incomplete }
                 guard bytes[index + 1] == UInt8(ascii: "\n") else { return .codecPath }
@@ -98,7 +98,7 @@ enum HTTP1HeadScanner {
                 break
             }
             guard let line = scanHeaderLine(bytes, from: index) else {
-                return index > maxHeaderBytes ? .codecPath : .incomplete
+                return count > maxHeaderBytes ? .codecPath : .incomplete
             }
             guard let line else { return .codecPath }
             headers += 1
@@ -198,7 +198,7 @@ enum HTTP1HeadScanner {
             }
             index += 1
         }
-        guard index + 1 < count else { return index > maxHeaderBytes ? .malformed("head too large") : .incomplete }
+        guard index + 1 < count else { return count > maxHeaderBytes ? .malformed("head too large") : .incomplete }
         guard bytes[index + 1] == UInt8(ascii: "\n") else { return .malformed("CR without LF") }
         index += 2
 
@@ -209,7 +209,7 @@ enum HTTP1HeadScanner {
         var namesOthers = false
         var connectionValues: [Range<Int>] = []
         while true {
-            guard index < count else { return index > maxHeaderBytes ? .malformed("head too large") : .incomplete }
+            guard index < count else { return count > maxHeaderBytes ? .malformed("head too large") : .incomplete }
             if bytes[index] == UInt8(ascii: "\r") {
                 guard index + 1 < count else { return .incomplete }
                 guard bytes[index + 1] == UInt8(ascii: "\n") else { return .malformed("CR without LF") }
@@ -217,7 +217,7 @@ enum HTTP1HeadScanner {
                 break
             }
             guard let line = scanHeaderLine(bytes, from: index) else {
-                return index > maxHeaderBytes ? .malformed("head too large") : .incomplete
+                return count > maxHeaderBytes ? .malformed("head too large") : .incomplete
             }
             guard let line else { return .malformed("invalid header line") }
             guard line.end <= maxHeaderBytes else { return .malformed("head too large") }
