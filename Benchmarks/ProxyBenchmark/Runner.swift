@@ -24,6 +24,7 @@ struct Row: Encodable {
 struct Runner {
     static let directName = "direct (wrk → nginx)"
     static let apusName = "apus-proxy (1 hop)"
+    static let codecName = "apus-proxy (codec path)"
     static let routedName = "apus-proxy (20 routes)"
     static let floorName = "NIO codecs only"
     static let relayName = "NIO TCP relay"
@@ -50,7 +51,8 @@ struct Runner {
             printProgress("backend: nginx on \(backendAuthority)")
 
             rows.append(await measure(Self.directName, port: backendPort, host: backendAuthority, processes: []))
-            rows.append(await apusOneHop(backendPort: backendPort))
+            rows.append(await apusOneHop(backendPort: backendPort, spliced: true))
+            rows.append(await apusOneHop(backendPort: backendPort, spliced: false))
             rows.append(await apusRouted(backendPort: backendPort))
             rows.append(await nioFloor(.http, backendPort: backendPort))
             rows.append(await nioFloor(.tcp, backendPort: backendPort))
@@ -67,19 +69,23 @@ struct Runner {
 
     // MARK: - Rows
 
-    private func apusOneHop(backendPort: Int) async -> Row {
-        await withRow(Self.apusName) { started in
+    /// The plain hop, on the spliced HTTP/1.1 path (the default) or, with `APUS_PROXY_HTTP1_SPLICE=false`, on
+    /// the codec path every routed, meshed or tapped request takes.
+    private func apusOneHop(backendPort: Int, spliced: Bool) async -> Row {
+        let name = spliced ? Self.apusName : Self.codecName
+        return await withRow(name) { started in
             let binary = try Tools.apusProxy(options.proxyBinary)
             let ports = try Network.freePorts(4)
+            var environment = proxyEnvironment(
+                outbound: ports[0], inbound: ports[1], admin: ports[2], control: ports[3])
+            if !spliced { environment["APUS_PROXY_HTTP1_SPLICE"] = "false" }
             let proxy = try ServerProcess(
-                name: "apus-proxy", executable: binary, arguments: [],
-                environment: proxyEnvironment(
-                    outbound: ports[0], inbound: ports[1], admin: ports[2], control: ports[3]),
-                logDirectory: directory)
+                name: spliced ? "apus-proxy" : "apus-proxy codec path", executable: binary, arguments: [],
+                environment: environment, logDirectory: directory)
             started.append(proxy)
             let host = "127.0.0.1:\(backendPort)"
-            try await waitUntilForwarding(port: ports[0], host: host, processes: [proxy], what: "apus-proxy")
-            return await measure(Self.apusName, port: ports[0], host: host, processes: [proxy])
+            try await waitUntilForwarding(port: ports[0], host: host, processes: [proxy], what: name)
+            return await measure(name, port: ports[0], host: host, processes: [proxy])
         }
     }
 
