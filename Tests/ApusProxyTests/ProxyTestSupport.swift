@@ -170,12 +170,13 @@ struct RunningProxy {
 /// Runs `body` with an ``EchoServer`` and a standalone ``RunningProxy`` in front of it, and stops both once it
 /// returns or throws.
 func withProxiedEcho(
-    _ version: EchoServer.HTTPVersion, _ body: (EchoServer, RunningProxy) async throws -> Void
+    _ version: EchoServer.HTTPVersion, _ configure: (inout ProxyConfiguration) -> Void = { _ in },
+    _ body: (EchoServer, RunningProxy) async throws -> Void
 ) async throws {
     let echo = try await EchoServer.start(version)
     let proxy: RunningProxy
     do {
-        proxy = try await RunningProxy.start()
+        proxy = try await RunningProxy.start(configure)
     } catch {
         await echo.stop()
         throw error
@@ -284,5 +285,67 @@ struct MeshAuthority {
                 identity: identity, privateKey: key, leaf: try Certificate(der: response.leafCertificate),
                 intermediates: try response.intermediateCertificates.map { try Certificate(der: $0) },
                 validUntil: response.validUntil, anchors: try Certificate.parseChain(pem: anchorsPEM)))
+    }
+}
+
+/// A response as NIO's client codec decoded it.
+struct ReceivedResponse {
+    var status: Int
+    var version: HTTPVersion
+    var headers: HTTPHeaders
+    var body: String
+    var trailers: HTTPHeaders?
+}
+
+/// Sequential exchanges on one HTTP/1.1 client connection.
+struct HTTPExchanges {
+    var responses: NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator
+    let outbound: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>
+
+    /// Sends `head` (and `body`) and reads the response; nil when the connection closed first.
+    mutating func send(_ head: HTTPRequestHead, body: String? = nil) async throws -> ReceivedResponse? {
+        var parts: [HTTPClientRequestPart] = [.head(head)]
+        if let body { parts.append(.body(.byteBuffer(ByteBuffer(string: body)))) }
+        parts.append(.end(nil))
+        try await outbound.write(contentsOf: parts)
+        var response: ReceivedResponse?
+        while let part = try await responses.next() {
+            switch part {
+            case .head(let head):
+                response = ReceivedResponse(
+                    status: Int(head.status.code), version: head.version, headers: head.headers, body: "")
+            case .body(let bytes):
+                response?.body += String(buffer: bytes)
+            case .end(let trailers):
+                response?.trailers = trailers
+                return response
+            }
+        }
+        return response
+    }
+
+    mutating func send(_ method: HTTPMethod, _ uri: String, host: String, body: String? = nil) async throws
+        -> ReceivedResponse?
+    {
+        var head = HTTPRequestHead(version: .http1_1, method: method, uri: uri)
+        head.headers.add(name: "host", value: host)
+        if let body { head.headers.add(name: "content-length", value: String(body.utf8.count)) }
+        return try await send(head, body: body)
+    }
+}
+
+/// Runs `body` with a keep-alive HTTP/1.1 connection to 127.0.0.1:`port`, closed afterwards.
+func withHTTPClient(port: Int, _ body: (inout HTTPExchanges) async throws -> Void) async throws {
+    let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        .connect(host: "127.0.0.1", port: port) { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
+                    wrappingChannelSynchronously: channel)
+            }
+        }
+    try await channel.executeThenClose { inbound, outbound in
+        var exchanges = HTTPExchanges(responses: inbound.makeAsyncIterator(), outbound: outbound)
+        try await body(&exchanges)
     }
 }

@@ -15,83 +15,71 @@ import Testing
     /// A keep-alive connection's exchanges, one after another, through each framing an upstream may use.
     @Test(arguments: [true, false])
     func everyResponseFramingReachesTheClientAsSent(spliced: Bool) async throws {
-        let upstream = try await ScriptedUpstream.start(ScriptedUpstream.framings)
-        let proxy = try await RunningProxy.start { $0.http1Splice = spliced }
-        defer {
-            Task {
-                await proxy.stop()
-                await upstream.stop()
+        try await withScriptedProxy({ configuration, _ in configuration.http1Splice = spliced }) { upstream, proxy in
+            let host = "127.0.0.1:\(upstream.port)"
+            try await withHTTPClient(port: proxy.ports.outbound) { client in
+                let chunked = try #require(try await client.send(.GET, "/chunked", host: host))
+                #expect(chunked.status == 200 && chunked.body == "hello world")
+                #expect(chunked.trailers?.first(name: "x-trailer") == "t")
+
+                let hop = try #require(try await client.send(.GET, "/hop", host: host))
+                #expect(hop.status == 200 && hop.body == "ok")
+                #expect(hop.headers.first(name: "x-kept") == "1")
+                #expect(!hop.headers.contains(name: "x-hop"), "named in Connection: not forwarded")
+                #expect(!hop.headers.contains(name: "keep-alive"))
+
+                let hints = try #require(try await client.send(.GET, "/early-hints", host: host))
+                #expect(hints.status == 200 && hints.body == "after hints")
+
+                let head = try #require(try await client.send(.HEAD, "/head", host: host))
+                #expect(head.status == 200 && head.body.isEmpty)
+                #expect(head.headers.first(name: "content-length") == "99")
+
+                let old = try #require(try await client.send(.GET, "/http10", host: host))
+                #expect(old.status == 200 && old.version == .http1_1 && old.body == "ten")
+
+                let empty = try #require(try await client.send(.GET, "/204", host: host))
+                #expect(empty.status == 204 && empty.body.isEmpty)
+
+                let posted = try #require(try await client.send(.POST, "/upload", host: host, body: "twelve bytes"))
+                #expect(posted.status == 200 && posted.body == "got 12")
+
+                let streamed = try #require(try await client.send(.GET, "/until-close", host: host))
+                #expect(streamed.status == 200 && streamed.body == "streamed until close")
             }
+            // Every upstream exchange but the last two (HTTP/1.0 and close-delimited answers end their connection)
+            // reused one pooled connection.
+            #expect(upstream.connections <= 3)
+
+            let metrics = try curl(["http://127.0.0.1:\(proxy.ports.admin)/metrics"]).body
+            let total = metrics.split(separator: "\n").filter {
+                $0.hasPrefix("request_total{direction=\"outbound\",authority=\"\(host)\"")
+            }
+            #expect(total.count == 1 && total.first?.hasSuffix(" 8") == true, "\(total)")
         }
-        let host = "127.0.0.1:\(upstream.port)"
-        try await withHTTPClient(port: proxy.ports.outbound) { client in
-            let chunked = try #require(try await client.send(.GET, "/chunked", host: host))
-            #expect(chunked.status == 200 && chunked.body == "hello world")
-            #expect(chunked.trailers?.first(name: "x-trailer") == "t")
-
-            let hop = try #require(try await client.send(.GET, "/hop", host: host))
-            #expect(hop.status == 200 && hop.body == "ok")
-            #expect(hop.headers.first(name: "x-kept") == "1")
-            #expect(!hop.headers.contains(name: "x-hop"), "named in Connection: not forwarded")
-            #expect(!hop.headers.contains(name: "keep-alive"))
-
-            let hints = try #require(try await client.send(.GET, "/early-hints", host: host))
-            #expect(hints.status == 200 && hints.body == "after hints")
-
-            let head = try #require(try await client.send(.HEAD, "/head", host: host))
-            #expect(head.status == 200 && head.body.isEmpty)
-            #expect(head.headers.first(name: "content-length") == "99")
-
-            let old = try #require(try await client.send(.GET, "/http10", host: host))
-            #expect(old.status == 200 && old.version == .http1_1 && old.body == "ten")
-
-            let empty = try #require(try await client.send(.GET, "/204", host: host))
-            #expect(empty.status == 204 && empty.body.isEmpty)
-
-            let posted = try #require(try await client.send(.POST, "/upload", host: host, body: "twelve bytes"))
-            #expect(posted.status == 200 && posted.body == "got 12")
-
-            let streamed = try #require(try await client.send(.GET, "/until-close", host: host))
-            #expect(streamed.status == 200 && streamed.body == "streamed until close")
-        }
-        // Every upstream exchange but the last two (HTTP/1.0 and close-delimited answers end their connection)
-        // reused one pooled connection.
-        #expect(upstream.connections <= 3)
-
-        let metrics = try curl(["http://127.0.0.1:\(proxy.ports.admin)/metrics"]).body
-        let total = metrics.split(separator: "\n").filter {
-            $0.hasPrefix("request_total{direction=\"outbound\",authority=\"\(host)\"")
-        }
-        #expect(total.count == 1 && total.first?.hasSuffix(" 8") == true, "\(total)")
     }
 
     /// Informational responses pass through in order before the final one.
     @Test(arguments: [true, false])
     func informationalResponsesPassThrough(spliced: Bool) async throws {
-        let upstream = try await ScriptedUpstream.start(ScriptedUpstream.framings)
-        let proxy = try await RunningProxy.start { $0.http1Splice = spliced }
-        defer {
-            Task {
-                await proxy.stop()
-                await upstream.stop()
-            }
+        try await withScriptedProxy({ configuration, _ in configuration.http1Splice = spliced }) { upstream, proxy in
+            let text = try await rawExchange(
+                port: proxy.ports.outbound,
+                Array("GET /early-hints HTTP/1.1\r\nHost: 127.0.0.1:\(upstream.port)\r\n\r\n".utf8), halfClose: true)
+            // (The codec path re-encodes the status line: NIO knows no reason phrase for 103 and writes none.)
+            let hints = try #require(text.range(of: "HTTP/1.1 103"))
+            let final = try #require(text.range(of: "HTTP/1.1 200 OK\r\n"))
+            #expect(hints.lowerBound < final.lowerBound)
+            #expect(text.lowercased().contains("link: </style.css>"))
+            #expect(text.hasSuffix("after hints"))
         }
-        let text = try await rawExchange(
-            port: proxy.ports.outbound,
-            Array("GET /early-hints HTTP/1.1\r\nHost: 127.0.0.1:\(upstream.port)\r\n\r\n".utf8), halfClose: true)
-        // (The codec path re-encodes the status line: NIO knows no reason phrase for 103 and writes none.)
-        let hints = try #require(text.range(of: "HTTP/1.1 103"))
-        let final = try #require(text.range(of: "HTTP/1.1 200 OK\r\n"))
-        #expect(hints.lowerBound < final.lowerBound)
-        #expect(text.lowercased().contains("link: </style.css>"))
-        #expect(text.hasSuffix("after hints"))
     }
 
     /// One connection: a request the spliced path takes, one it hands to the codec path (chunked upload), and
     /// more after it — all answered, in order, with the same results as on a codec-only connection.
     @Test(arguments: [true, false])
     func aConnectionHandedOverMidwayKeepsAnsweringInOrder(spliced: Bool) async throws {
-        try await withProxiedEchoConfigured(spliced: spliced) { echo, proxy in
+        try await withProxiedEcho(.http1, { $0.http1Splice = spliced }) { echo, proxy in
             let host = "127.0.0.1:\(echo.port)"
             try await withHTTPClient(port: proxy.ports.outbound) { client in
                 let first = try #require(try await client.send(.GET, "/first", host: host))
@@ -127,36 +115,31 @@ import Testing
     /// body is dropped, and its next request on the same connection is answered normally.
     @Test(arguments: [true, false])
     func anEarlyResponseDropsTheRestOfTheUploadAndTheConnectionGoesOn(spliced: Bool) async throws {
-        let upstream = try await ScriptedUpstream.start(ScriptedUpstream.framings)
-        let proxy = try await RunningProxy.start { $0.http1Splice = spliced }
-        defer {
-            Task {
-                await proxy.stop()
-                await upstream.stop()
-            }
-        }
-        let host = "127.0.0.1:\(upstream.port)"
-        let connection = try await RawConnection.connect(port: proxy.ports.outbound)
-        try await connection.channel.executeThenClose { inbound, outbound in
-            var responses = inbound.makeAsyncIterator()
-            var received = ""
-            func readUntil(_ marker: String) async throws {
-                while !received.contains(marker) {
-                    guard let buffer = try await responses.next() else { return }
-                    received += String(buffer: buffer)
+        try await withScriptedProxy({ configuration, _ in configuration.http1Splice = spliced }) { upstream, proxy in
+            let host = "127.0.0.1:\(upstream.port)"
+            let connection = try await RawConnection.connect(port: proxy.ports.outbound)
+            try await connection.channel.executeThenClose { inbound, outbound in
+                var responses = inbound.makeAsyncIterator()
+                var received = ""
+                func readUntil(_ marker: String) async throws {
+                    while !received.contains(marker) {
+                        guard let buffer = try await responses.next() else { return }
+                        received += String(buffer: buffer)
+                    }
                 }
+                let bodyLength = 200_000
+                try await outbound.write(
+                    ByteBuffer(
+                        string: "POST /reject HTTP/1.1\r\nHost: \(host)\r\nContent-Length: \(bodyLength)\r\n\r\n"))
+                try await outbound.write(ByteBuffer(repeating: UInt8(ascii: "x"), count: 1000))
+                try await readUntil("too large")
+                #expect(received.hasPrefix("HTTP/1.1 413 Payload Too Large\r\n"))
+                try await outbound.write(ByteBuffer(repeating: UInt8(ascii: "x"), count: bodyLength - 1000))
+                try await outbound.write(ByteBuffer(string: "GET /hop HTTP/1.1\r\nHost: \(host)\r\n\r\n"))
+                received = ""
+                try await readUntil("\r\n\r\nok")
+                #expect(received.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(received)")
             }
-            let bodyLength = 200_000
-            try await outbound.write(
-                ByteBuffer(string: "POST /reject HTTP/1.1\r\nHost: \(host)\r\nContent-Length: \(bodyLength)\r\n\r\n"))
-            try await outbound.write(ByteBuffer(repeating: UInt8(ascii: "x"), count: 1000))
-            try await readUntil("too large")
-            #expect(received.hasPrefix("HTTP/1.1 413 Payload Too Large\r\n"))
-            try await outbound.write(ByteBuffer(repeating: UInt8(ascii: "x"), count: bodyLength - 1000))
-            try await outbound.write(ByteBuffer(string: "GET /hop HTTP/1.1\r\nHost: \(host)\r\n\r\n"))
-            received = ""
-            try await readUntil("\r\n\r\nok")
-            #expect(received.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(received)")
         }
     }
 
@@ -164,84 +147,81 @@ import Testing
     /// stale pooled connection; the client's connection survives each.
     @Test(arguments: [true, false])
     func upstreamFailuresAreAnsweredWithTheReasonAndTheConnectionSurvives(spliced: Bool) async throws {
-        let upstream = try await ScriptedUpstream.start(ScriptedUpstream.framings)
         let stale = NIOLockedValueBox(0)
         let closing = try await HardeningServer.start(http: false) { ClosesReusedConnectionHandler(connections: stale) }
+        defer { Task { await closing.stop() } }
         let closedPort = try await unusedPort()
-        let proxy = try await RunningProxy.start { $0.http1Splice = spliced }
-        defer {
-            Task {
-                await proxy.stop()
-                await upstream.stop()
-                await closing.stop()
+        try await withScriptedProxy({ configuration, _ in configuration.http1Splice = spliced }) { upstream, proxy in
+            let host = "127.0.0.1:\(upstream.port)"
+            try await withHTTPClient(port: proxy.ports.outbound) { client in
+                let garbage = try #require(try await client.send(.GET, "/garbage", host: host))
+                #expect(garbage.status == 502)
+                #expect(garbage.headers.first(name: "l5d-proxy-error")?.isEmpty == false)
+
+                let refused = try #require(try await client.send(.GET, "/", host: "127.0.0.1:\(closedPort)"))
+                #expect(refused.status == 502)
+                #expect(refused.headers.first(name: "l5d-proxy-error")?.contains("\(closedPort)") == true)
+
+                let after = try #require(try await client.send(.GET, "/hop", host: host))
+                #expect(after.status == 200 && after.body == "ok")
+
+                // The backend closes the pooled connection when it is reused: the GET is sent once more on a new one.
+                let staleHost = "127.0.0.1:\(closing.port)"
+                for path in ["/a", "/b"] {
+                    let answer = try #require(try await client.send(.GET, path, host: staleHost))
+                    #expect(answer.status == 200 && answer.body == "ok")
+                }
             }
+            #expect(stale.withLockedValue { $0 } == 2)
         }
-        let host = "127.0.0.1:\(upstream.port)"
-        try await withHTTPClient(port: proxy.ports.outbound) { client in
-            let garbage = try #require(try await client.send(.GET, "/garbage", host: host))
-            #expect(garbage.status == 502)
-            #expect(garbage.headers.first(name: "l5d-proxy-error")?.isEmpty == false)
-
-            let refused = try #require(try await client.send(.GET, "/", host: "127.0.0.1:\(closedPort)"))
-            #expect(refused.status == 502)
-            #expect(refused.headers.first(name: "l5d-proxy-error")?.contains("\(closedPort)") == true)
-
-            let after = try #require(try await client.send(.GET, "/hop", host: host))
-            #expect(after.status == 200 && after.body == "ok")
-
-            // The backend closes the pooled connection when it is reused: the GET is sent once more on a new one.
-            let staleHost = "127.0.0.1:\(closing.port)"
-            for path in ["/a", "/b"] {
-                let answer = try #require(try await client.send(.GET, path, host: staleHost))
-                #expect(answer.status == 200 && answer.body == "ok")
-            }
-        }
-        #expect(stale.withLockedValue { $0 } == 2)
     }
 
     /// Inbound, a plaintext client the policy admits goes through the spliced path to the application port, and
     /// is counted as inbound without TLS.
     @Test func inboundPlaintextIsSplicedToTheApplication() async throws {
-        let upstream = try await ScriptedUpstream.start(ScriptedUpstream.framings)
-        let proxy = try await RunningProxy.start { $0.inboundDefaultPort = upstream.port }
-        defer {
-            Task {
-                await proxy.stop()
-                await upstream.stop()
+        try await withScriptedProxy({ configuration, upstream in configuration.inboundDefaultPort = upstream.port }) {
+            upstream, proxy in
+            try await withHTTPClient(port: proxy.ports.inbound) { client in
+                for _ in 0..<3 {
+                    let answer = try #require(try await client.send(.GET, "/hop", host: "app.local"))
+                    #expect(answer.status == 200 && answer.body == "ok")
+                }
             }
-        }
-        try await withHTTPClient(port: proxy.ports.inbound) { client in
-            for _ in 0..<3 {
-                let answer = try #require(try await client.send(.GET, "/hop", host: "app.local"))
-                #expect(answer.status == 200 && answer.body == "ok")
+            let metrics = try curl(["http://127.0.0.1:\(proxy.ports.admin)/metrics"]).body
+            let inbound = metrics.split(separator: "\n").filter {
+                $0.hasPrefix("response_total{direction=\"inbound\"") && $0.contains("status_code=\"200\"")
             }
+            #expect(inbound.count == 1 && inbound.first?.contains("tls=\"no_identity\"") == true)
+            #expect(inbound.first?.hasSuffix(" 3") == true, "\(inbound)")
         }
-        let metrics = try curl(["http://127.0.0.1:\(proxy.ports.admin)/metrics"]).body
-        let inbound = metrics.split(separator: "\n").filter {
-            $0.hasPrefix("response_total{direction=\"inbound\"") && $0.contains("status_code=\"200\"")
-        }
-        #expect(inbound.count == 1 && inbound.first?.contains("tls=\"no_identity\"") == true)
-        #expect(inbound.first?.hasSuffix(" 3") == true, "\(inbound)")
     }
 }
 
 // MARK: Support
 
-/// Like ``withProxiedEcho`` with the spliced path on or off.
-private func withProxiedEchoConfigured(
-    spliced: Bool, _ body: (EchoServer, RunningProxy) async throws -> Void
+/// Runs `body` with a ``ScriptedUpstream`` playing ``ScriptedUpstream/framings`` and a standalone proxy configured
+/// by `configure`; stops both once it returns or throws.
+private func withScriptedProxy(
+    _ configure: (inout ProxyConfiguration, ScriptedUpstream) -> Void,
+    _ body: (ScriptedUpstream, RunningProxy) async throws -> Void
 ) async throws {
-    let echo = try await EchoServer.start(.http1)
-    let proxy = try await RunningProxy.start { $0.http1Splice = spliced }
+    let upstream = try await ScriptedUpstream.start(ScriptedUpstream.framings)
+    let proxy: RunningProxy
     do {
-        try await body(echo, proxy)
+        proxy = try await RunningProxy.start { configure(&$0, upstream) }
+    } catch {
+        await upstream.stop()
+        throw error
+    }
+    do {
+        try await body(upstream, proxy)
     } catch {
         await proxy.stop()
-        await echo.stop()
+        await upstream.stop()
         throw error
     }
     await proxy.stop()
-    await echo.stop()
+    await upstream.stop()
 }
 
 /// A port nothing listens on (bound, read, released).
@@ -251,68 +231,6 @@ private func unusedPort() async throws -> Int {
     let port = channel.localAddress?.port ?? 0
     try await channel.close()
     return port
-}
-
-/// A response as NIO's client codec decoded it.
-struct ReceivedResponse {
-    var status: Int
-    var version: HTTPVersion
-    var headers: HTTPHeaders
-    var body: String
-    var trailers: HTTPHeaders?
-}
-
-/// Sequential exchanges on one HTTP/1.1 client connection.
-struct HTTPExchanges {
-    var responses: NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator
-    let outbound: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>
-
-    /// Sends `head` (and `body`) and reads the response; nil when the connection closed first.
-    mutating func send(_ head: HTTPRequestHead, body: String? = nil) async throws -> ReceivedResponse? {
-        var parts: [HTTPClientRequestPart] = [.head(head)]
-        if let body { parts.append(.body(.byteBuffer(ByteBuffer(string: body)))) }
-        parts.append(.end(nil))
-        try await outbound.write(contentsOf: parts)
-        var response: ReceivedResponse?
-        while let part = try await responses.next() {
-            switch part {
-            case .head(let head):
-                response = ReceivedResponse(
-                    status: Int(head.status.code), version: head.version, headers: head.headers, body: "")
-            case .body(let bytes):
-                response?.body += String(buffer: bytes)
-            case .end(let trailers):
-                response?.trailers = trailers
-                return response
-            }
-        }
-        return response
-    }
-
-    mutating func send(_ method: HTTPMethod, _ uri: String, host: String, body: String? = nil) async throws
-        -> ReceivedResponse?
-    {
-        var head = HTTPRequestHead(version: .http1_1, method: method, uri: uri)
-        head.headers.add(name: "host", value: host)
-        if let body { head.headers.add(name: "content-length", value: String(body.utf8.count)) }
-        return try await send(head, body: body)
-    }
-}
-
-/// Runs `body` with a keep-alive HTTP/1.1 connection to 127.0.0.1:`port`, closed afterwards.
-func withHTTPClient(port: Int, _ body: (inout HTTPExchanges) async throws -> Void) async throws {
-    let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-        .connect(host: "127.0.0.1", port: port) { channel in
-            channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
-                    wrappingChannelSynchronously: channel)
-            }
-        }
-    try await channel.executeThenClose { inbound, outbound in
-        var exchanges = HTTPExchanges(responses: inbound.makeAsyncIterator(), outbound: outbound)
-        try await body(&exchanges)
-    }
 }
 
 /// An HTTP/1.1 upstream that answers each request with fixed bytes chosen by its path, so tests control the

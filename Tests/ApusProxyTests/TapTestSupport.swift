@@ -87,36 +87,17 @@ struct TapTestRequest {
 func sendTapTestRequests(
     port: Int, host: String, _ requests: [TapTestRequest]
 ) async throws -> [(status: Int, body: String)] {
-    let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-        .connect(host: "127.0.0.1", port: port) { channel in
-            channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
-                    wrappingChannelSynchronously: channel)
-            }
-        }
-    return try await channel.executeThenClose { inbound, outbound in
-        var iterator = inbound.makeAsyncIterator()
-        var results: [(status: Int, body: String)] = []
+    var results: [(status: Int, body: String)] = []
+    try await withHTTPClient(port: port) { client in
         for request in requests {
             var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: request.path)
             head.headers.add(name: "host", value: host)
             for (name, value) in request.headers { head.headers.add(name: name, value: value) }
-            try await outbound.write(.head(head))
-            try await outbound.write(.end(nil))
-            var status = 0
-            var body = ""
-            reading: while let part = try await iterator.next() {
-                switch part {
-                case .head(let response): status = Int(response.status.code)
-                case .body(let buffer): body += String(buffer: buffer)
-                case .end: break reading
-                }
-            }
-            results.append((status, body))
+            let response = try await client.send(head)
+            results.append((response?.status ?? 0, response?.body ?? ""))
         }
-        return results
     }
+    return results
 }
 
 /// A tap request's answer: the status, and for 200 the NDJSON events as they stream in.

@@ -47,11 +47,10 @@ final class SplicedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// Bytes of a response head that has not arrived whole.
     private var partialHead: ByteBuffer?
     private var dropped: [Range<Int>] = []
-    private var readHeld = false
+    private var flow = UpstreamFlow()
     private var reusable = true
     private var requestDone = false
     private var responseDone = false
-    private var flushPending = false
     private var closeError: ProxyError?
     private var exchanges = 0
 
@@ -79,7 +78,7 @@ final class SplicedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHandle
     func write(_ bytes: ByteBuffer) {
         guard let context else { return }
         context.write(wrapOutboundOut(bytes), promise: nil)
-        flushPending = true
+        flow.wrote()
     }
 
     /// The request's last byte was written.
@@ -89,16 +88,12 @@ final class SplicedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func flush() {
-        guard flushPending, let context else { return }
-        flushPending = false
-        context.flush()
+        flow.flush(context)
     }
 
     /// Releases a `read` held for backpressure (the client drained).
     func resumeReads() {
-        guard readHeld, let context else { return }
-        readHeld = false
-        context.read()
+        flow.resumeReads(context)
     }
 
     /// Ends the exchange without completing it: the connection is closed, never reused.
@@ -228,11 +223,7 @@ final class SplicedUpstreamHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func read(context: ChannelHandlerContext) {
-        if let delegate, !delegate.downstreamWritable {
-            readHeld = true
-        } else {
-            context.read()
-        }
+        flow.read(context, downstreamWritable: delegate?.downstreamWritable ?? true)
     }
 
     // MARK: Exchange

@@ -31,13 +31,11 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let pool: UpstreamPool?
     private var delegate: UpstreamDelegate?
     private(set) var context: ChannelHandlerContext?
-    private var readHeld = false
+    private var flow = UpstreamFlow()
     private var reusable = true
     private var requestDone = false
     private var responseDone = false
     private var closeError: ProxyError?
-    /// Request parts written since the last flush.
-    private var flushPending = false
     /// Exchanges begun on this connection: above one, it came from the keep-alive pool, and a failure before any
     /// response byte may just mean the server closed it while idle (see ``isReused``).
     private var exchanges = 0
@@ -72,23 +70,19 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
             break
         }
         context.write(wrapOutboundOut(part), promise: nil)
-        flushPending = true
+        flow.wrote()
         if requestDone { finishIfComplete() }
     }
 
     /// Flushes what ``write(_:)`` queued; nothing when that is already out (the client side calls this on every
     /// read completion, and a flush through the pipeline is not free).
     func flush() {
-        guard flushPending, let context else { return }
-        flushPending = false
-        context.flush()
+        flow.flush(context)
     }
 
     /// Releases a `read` held for backpressure (the client drained).
     func resumeReads() {
-        guard readHeld, let context else { return }
-        readHeld = false
-        context.read()
+        flow.resumeReads(context)
     }
 
     /// Ends the exchange without completing it (client went away, or the response ended before the request):
@@ -165,11 +159,7 @@ final class UpstreamHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if let delegate, !delegate.downstreamWritable {
-            readHeld = true
-        } else {
-            context.read()
-        }
+        flow.read(context, downstreamWritable: delegate?.downstreamWritable ?? true)
     }
 
     private func finishIfComplete() {
