@@ -407,29 +407,25 @@ enum HTTP1HeadScanner {
     static func equalsLowercase(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ lowercase: StaticString)
         -> Bool
     {
-        let length = lowercase.utf8CodeUnitCount
-        guard range.count == length else { return false }
-        let pointer = lowercase.utf8Start
-        var index = 0
-        while index < length {
-            let byte = bytes[range.lowerBound + index]
-            let expected = pointer[index]
-            if byte != expected
-                && !(expected >= UInt8(ascii: "a") && expected <= UInt8(ascii: "z") && byte | 0x20 == expected)
-            {
-                return false
-            }
-            index += 1
-        }
-        return true
+        equalsLowercase(
+            bytes, range, UnsafeBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount))
     }
 
     @inline(__always)
     static func equalsLowercase(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ lowercase: String) -> Bool {
         guard range.count == lowercase.utf8.count else { return false }
-        var index = range.lowerBound
-        for expected in lowercase.utf8 {
-            let byte = bytes[index]
+        return lowercase.utf8.withContiguousStorageIfAvailable { equalsLowercase(bytes, range, $0) } ?? false
+    }
+
+    @inline(__always)
+    private static func equalsLowercase(
+        _ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ lowercase: UnsafeBufferPointer<UInt8>
+    ) -> Bool {
+        guard range.count == lowercase.count else { return false }
+        var index = 0
+        while index < lowercase.count {
+            let byte = bytes[range.lowerBound + index]
+            let expected = lowercase[index]
             if byte != expected
                 && !(expected >= UInt8(ascii: "a") && expected <= UInt8(ascii: "z") && byte | 0x20 == expected)
             {
