@@ -170,13 +170,12 @@ struct RunningProxy {
 /// Runs `body` with an ``EchoServer`` and a standalone ``RunningProxy`` in front of it, and stops both once it
 /// returns or throws.
 func withProxiedEcho(
-    _ version: EchoServer.HTTPVersion, _ configure: (inout ProxyConfiguration) -> Void = { _ in },
-    _ body: (EchoServer, RunningProxy) async throws -> Void
+    _ version: EchoServer.HTTPVersion, spliced: Bool = true, _ body: (EchoServer, RunningProxy) async throws -> Void
 ) async throws {
     let echo = try await EchoServer.start(version)
     let proxy: RunningProxy
     do {
-        proxy = try await RunningProxy.start(configure)
+        proxy = try await RunningProxy.start { $0.http1Splice = spliced }
     } catch {
         await echo.stop()
         throw error

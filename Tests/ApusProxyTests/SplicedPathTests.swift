@@ -15,7 +15,7 @@ import Testing
     /// A keep-alive connection's exchanges, one after another, through each framing an upstream may use.
     @Test(arguments: [true, false])
     func everyResponseFramingReachesTheClientAsSent(spliced: Bool) async throws {
-        try await withScriptedProxy({ configuration, _ in configuration.http1Splice = spliced }) { upstream, proxy in
+        try await withScriptedProxy(spliced: spliced) { upstream, proxy in
             let host = "127.0.0.1:\(upstream.port)"
             try await withHTTPClient(port: proxy.ports.outbound) { client in
                 let chunked = try #require(try await client.send(.GET, "/chunked", host: host))
@@ -62,7 +62,7 @@ import Testing
     /// Informational responses pass through in order before the final one.
     @Test(arguments: [true, false])
     func informationalResponsesPassThrough(spliced: Bool) async throws {
-        try await withScriptedProxy({ configuration, _ in configuration.http1Splice = spliced }) { upstream, proxy in
+        try await withScriptedProxy(spliced: spliced) { upstream, proxy in
             let text = try await rawExchange(
                 port: proxy.ports.outbound,
                 Array("GET /early-hints HTTP/1.1\r\nHost: 127.0.0.1:\(upstream.port)\r\n\r\n".utf8), halfClose: true)
@@ -79,7 +79,7 @@ import Testing
     /// more after it — all answered, in order, with the same results as on a codec-only connection.
     @Test(arguments: [true, false])
     func aConnectionHandedOverMidwayKeepsAnsweringInOrder(spliced: Bool) async throws {
-        try await withProxiedEcho(.http1, { $0.http1Splice = spliced }) { echo, proxy in
+        try await withProxiedEcho(.http1, spliced: spliced) { echo, proxy in
             let host = "127.0.0.1:\(echo.port)"
             try await withHTTPClient(port: proxy.ports.outbound) { client in
                 let first = try #require(try await client.send(.GET, "/first", host: host))
@@ -115,7 +115,7 @@ import Testing
     /// body is dropped, and its next request on the same connection is answered normally.
     @Test(arguments: [true, false])
     func anEarlyResponseDropsTheRestOfTheUploadAndTheConnectionGoesOn(spliced: Bool) async throws {
-        try await withScriptedProxy({ configuration, _ in configuration.http1Splice = spliced }) { upstream, proxy in
+        try await withScriptedProxy(spliced: spliced) { upstream, proxy in
             let host = "127.0.0.1:\(upstream.port)"
             let connection = try await RawConnection.connect(port: proxy.ports.outbound)
             try await connection.channel.executeThenClose { inbound, outbound in
@@ -151,7 +151,7 @@ import Testing
         let closing = try await HardeningServer.start(http: false) { ClosesReusedConnectionHandler(connections: stale) }
         defer { Task { await closing.stop() } }
         let closedPort = try await unusedPort()
-        try await withScriptedProxy({ configuration, _ in configuration.http1Splice = spliced }) { upstream, proxy in
+        try await withScriptedProxy(spliced: spliced) { upstream, proxy in
             let host = "127.0.0.1:\(upstream.port)"
             try await withHTTPClient(port: proxy.ports.outbound) { client in
                 let garbage = try #require(try await client.send(.GET, "/garbage", host: host))
@@ -179,7 +179,7 @@ import Testing
     /// Inbound, a plaintext client the policy admits goes through the spliced path to the application port, and
     /// is counted as inbound without TLS.
     @Test func inboundPlaintextIsSplicedToTheApplication() async throws {
-        try await withScriptedProxy({ configuration, upstream in configuration.inboundDefaultPort = upstream.port }) {
+        try await withScriptedProxy(inboundToUpstream: true) {
             upstream, proxy in
             try await withHTTPClient(port: proxy.ports.inbound) { client in
                 for _ in 0..<3 {
@@ -199,16 +199,20 @@ import Testing
 
 // MARK: Support
 
-/// Runs `body` with a ``ScriptedUpstream`` playing ``ScriptedUpstream/framings`` and a standalone proxy configured
-/// by `configure`; stops both once it returns or throws.
+/// Runs `body` with a ``ScriptedUpstream`` playing ``ScriptedUpstream/framings`` and a standalone proxy in front
+/// of it (the spliced path on or off; `inboundToUpstream`: the inbound listener forwards to the upstream's port);
+/// stops both once it returns or throws.
 private func withScriptedProxy(
-    _ configure: (inout ProxyConfiguration, ScriptedUpstream) -> Void,
+    spliced: Bool = true, inboundToUpstream: Bool = false,
     _ body: (ScriptedUpstream, RunningProxy) async throws -> Void
 ) async throws {
     let upstream = try await ScriptedUpstream.start(ScriptedUpstream.framings)
     let proxy: RunningProxy
     do {
-        proxy = try await RunningProxy.start { configure(&$0, upstream) }
+        proxy = try await RunningProxy.start { configuration in
+            configuration.http1Splice = spliced
+            if inboundToUpstream { configuration.inboundDefaultPort = upstream.port }
+        }
     } catch {
         await upstream.stop()
         throw error
