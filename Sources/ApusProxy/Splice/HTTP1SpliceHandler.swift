@@ -235,13 +235,16 @@ final class HTTP1SpliceHandler: ChannelDuplexHandler, SplicedUpstreamDelegate, R
         guard !shared.tap.isActive else { return handOver(context: context) }
         switch shared.direction {
         case .outbound:
-            let authority = pending!.withUnsafeReadableBytes { bytes -> String in
-                let host = UnsafeRawBufferPointer(rebasing: bytes[request.host])
-                if let last = lastAuthority, last.authority.utf8.elementsEqual(host) { return last.authority }
-                return String(decoding: host, as: UTF8.self)
-            }
-            if let last = lastAuthority, last.authority == authority {
+            let host = request.host
+            if let last = lastAuthority,
+                pending!.withUnsafeReadableBytes({
+                    last.authority.utf8.elementsEqual(UnsafeRawBufferPointer(rebasing: $0[host]))
+                })
+            {
                 return start(last.target, context: context)
+            }
+            let authority = pending!.withUnsafeReadableBytes {
+                String(decoding: UnsafeRawBufferPointer(rebasing: $0[host]), as: UTF8.self)
             }
             guard let resolver = shared.resolver else {
                 return passThrough(to: authority, host: nil, context: context)
