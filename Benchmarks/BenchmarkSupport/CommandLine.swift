@@ -86,18 +86,20 @@ public struct ArgumentReader {
     /// The next argument (a flag or its value), or nil when all are consumed.
     public mutating func next() -> String? { remaining.popFirst() }
 
-    /// The positive number following `flag`; `_` may group digits.
-    /// - Throws: ``BenchmarkError`` when it is missing or not a positive integer.
-    public mutating func count(after flag: String) throws -> Int {
+    /// The positive (or, with `allowingZero`, non-negative) number following `flag`; `_` may group digits.
+    /// - Throws: ``BenchmarkError`` when it is missing or out of range.
+    public mutating func count(after flag: String, allowingZero: Bool = false) throws -> Int {
         guard let text = remaining.popFirst() else { throw BenchmarkError("\(flag) needs a number\n\(usage)") }
-        return try Self.number(text, flag: flag)
+        return try Self.number(text, flag: flag, allowingZero: allowingZero)
     }
 
-    /// `text` as a positive number given for `flag`; `_` may group digits.
-    /// - Throws: ``BenchmarkError`` naming the flag when it is not a positive integer.
-    public static func number(_ text: String, flag: String) throws -> Int {
-        guard let value = Int(text.replacingOccurrences(of: "_", with: "")), value > 0 else {
-            throw BenchmarkError("\(flag) must be a positive integer, got '\(text)'")
+    /// `text` as a positive (or, with `allowingZero`, non-negative) number given for `flag`; `_` may group digits.
+    /// - Throws: ``BenchmarkError`` naming the flag when it is not such an integer.
+    public static func number(_ text: String, flag: String, allowingZero: Bool = false) throws -> Int {
+        let lowest = allowingZero ? 0 : 1
+        guard let value = Int(text.replacingOccurrences(of: "_", with: "")), value >= lowest else {
+            let kind = allowingZero ? "a non-negative" : "a positive"
+            throw BenchmarkError("\(flag) must be \(kind) integer, got '\(text)'")
         }
         return value
     }

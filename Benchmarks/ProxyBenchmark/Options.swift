@@ -11,6 +11,8 @@ struct Options: BenchmarkFlags {
     /// Measured seconds per row, after `warmup` seconds that are not counted.
     var duration = 10
     var warmup = 2
+    /// Head-to-head rounds of the plain hop against HAProxy (``HeadToHead``); 0 leaves them out.
+    var rounds = 5
     /// `APUS_PROXY_THREADS` of the Apus proxies; HAProxy's `nbthread` and NGINX's `worker_processes` match it.
     var proxyThreads = 1
     /// The apus-proxy binary; default: next to this benchmark's executable (`.build/release/apus-proxy`).
@@ -18,12 +20,14 @@ struct Options: BenchmarkFlags {
 
     static let usage = """
         usage: ProxyBenchmark [--connections N] [--threads N] [--duration SECONDS] [--warmup SECONDS]
-                              [--proxy-threads N] [--proxy-binary PATH] [--tls | --no-tls] [--json]
+                              [--rounds N] [--proxy-threads N] [--proxy-binary PATH] [--tls | --no-tls] [--json]
 
           --connections N      wrk connections (default 32)
           --threads N          wrk threads (default 1)
           --duration SECONDS   measured time per row (default 10)
           --warmup SECONDS     unmeasured load before each row (default 2)
+          --rounds N           head-to-head rounds of apus-proxy (1 hop) against HAProxy, fresh processes in
+                               alternating order, judged by the median (default 5; 0 skips them)
           --proxy-threads N    event-loop threads of apus-proxy; HAProxy nbthread and NGINX worker_processes
                                get the same number (default 1)
           --proxy-binary PATH  apus-proxy to measure (default: next to this executable)
@@ -42,6 +46,7 @@ struct Options: BenchmarkFlags {
         case "--threads": threads = try reader.count(after: flag)
         case "--duration": duration = try reader.count(after: flag)
         case "--warmup": warmup = try reader.count(after: flag)
+        case "--rounds": rounds = try reader.count(after: flag, allowingZero: true)
         case "--proxy-threads": proxyThreads = try reader.count(after: flag)
         case "--proxy-binary":
             guard let path = reader.next() else { throw BenchmarkError("--proxy-binary needs a path\n\(Self.usage)") }

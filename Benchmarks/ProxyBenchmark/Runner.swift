@@ -36,7 +36,13 @@ struct Runner {
     let tools: Tools
     let directory: String
 
-    func run() async throws -> [Row] {
+    /// What the run measured: one row per way to the backend, then the head-to-head rounds.
+    struct Measurements {
+        var rows: [Row]
+        var headToHead: HeadToHead?
+    }
+
+    func run() async throws -> Measurements {
         let backendPort = try Network.freePort()
         let backendConfig = "\(directory)/nginx-backend.conf"
         try write(Configs.nginxBackend(port: backendPort, directory: directory), to: backendConfig)
@@ -45,6 +51,7 @@ struct Runner {
             arguments: ["-p", directory, "-c", backendConfig, "-e", "\(directory)/nginx-backend-error.log"],
             logDirectory: directory)
         var rows: [Row] = []
+        var headToHead: HeadToHead?
         do {
             try await Network.waitUntilAnswering(port: backendPort, host: "127.0.0.1", process: backend)
             let backendAuthority = "127.0.0.1:\(backendPort)"
@@ -59,12 +66,33 @@ struct Runner {
             rows.append(await haproxy(backendPort: backendPort))
             rows.append(await nginxProxy(backendPort: backendPort))
             if options.tls { rows.append(await apusPair(backendPort: backendPort)) }
+            if options.rounds > 0 { headToHead = await headToHeadRounds(backendPort: backendPort) }
         } catch {
             await backend.stop()
             throw error
         }
         await backend.stop()
-        return rows
+        return Measurements(rows: rows, headToHead: headToHead)
+    }
+
+    /// ``HeadToHead``'s rounds: each starts a fresh apus-proxy and a fresh HAProxy and measures them one after
+    /// the other, apus-proxy first in odd rounds.
+    private func headToHeadRounds(backendPort: Int) async -> HeadToHead {
+        var headToHead = HeadToHead()
+        for index in 0..<options.rounds {
+            let apusFirst = index % 2 == 0
+            printProgress("head to head: round \(index + 1) of \(options.rounds)")
+            let first =
+                apusFirst
+                ? await apusOneHop(backendPort: backendPort, spliced: true) : await haproxy(backendPort: backendPort)
+            let second =
+                apusFirst
+                ? await haproxy(backendPort: backendPort) : await apusOneHop(backendPort: backendPort, spliced: true)
+            headToHead.rounds.append(
+                HeadToHead.Round(
+                    apus: apusFirst ? first : second, haproxy: apusFirst ? second : first, apusFirst: apusFirst))
+        }
+        return headToHead
     }
 
     // MARK: - Rows

@@ -48,13 +48,13 @@ enum ProxyBenchmark {
                 throw BenchmarkError("cannot create \(directory): \(error)")
             }
             defer { try? FileManager.default.removeItem(atPath: directory) }
-            let rows = try await Runner(options: options, tools: tools, directory: directory).run()
+            let measured = try await Runner(options: options, tools: tools, directory: directory).run()
             let report = Report(
                 backend: "nginx, 1 worker, answering \(Configs.backendBody.utf8.count) bytes from memory "
                     + "(every proxy keeps its connections to it alive)",
                 load: "\(options.threads) thread(s), \(options.connections) connections, \(options.warmup) s warm-up + "
                     + "\(options.duration) s measured per row; proxies with \(options.proxyThreads) thread(s)",
-                rows: rows)
+                rows: measured.rows, headToHead: measured.headToHead)
             return options.json ? try report.json() : report.table()
         }
     }
