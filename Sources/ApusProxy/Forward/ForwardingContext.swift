@@ -39,6 +39,15 @@ final class UpstreamPools: Sendable {
         pools[ObjectIdentifier(loop)]?.value
     }
 
+    /// The pool a connection on `loop` uses, kept in `cache` after the first lookup (a connection's loop never
+    /// changes); for a loop outside the group (embedded tests) a pool of the connection's own.
+    func pool(for loop: EventLoop, cache: inout UpstreamPool?, meshTLS: MeshTLS) -> UpstreamPool {
+        if let cache { return cache }
+        let pool = pool(for: loop) ?? UpstreamPool(eventLoop: loop, meshTLS: meshTLS)
+        cache = pool
+        return pool
+    }
+
     /// Closes all pooled connections, each on its loop.
     func closeAll() {
         for bound in pools.values {

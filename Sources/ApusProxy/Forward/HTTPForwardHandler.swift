@@ -62,8 +62,8 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
     private var clientFlushPending = false
     /// The last passthrough authority and its parse: a keep-alive client names the same one request after request.
     private var lastPassthrough: (authority: String, address: TargetAddress)?
-    /// Pool for loops outside the shared group (embedded tests): made on first use.
-    private var privatePool: UpstreamPool?
+    /// The connection's upstream pool (``UpstreamPools/pool(for:cache:meshTLS:)``).
+    private var upstreamPool: UpstreamPool?
     /// What the current exchange was sent with, for the one retry after a stale keep-alive connection.
     private var sentHead: HTTPRequestHead?
     private var sentTarget: UpstreamTarget?
@@ -482,15 +482,7 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
                 route: route.isStarted ? route.plan.name : TapRecorder.defaultRoute),
             shared: shared, client: client, channel: context.channel)
 
-        let pool: UpstreamPool
-        if let shared = shared.pools.pool(for: context.eventLoop) {
-            pool = shared
-        } else if let privatePool {
-            pool = privatePool
-        } else {
-            pool = UpstreamPool(eventLoop: context.eventLoop, meshTLS: shared.meshTLS)
-            privatePool = pool
-        }
+        let pool = shared.pools.pool(for: context.eventLoop, cache: &upstreamPool, meshTLS: shared.meshTLS)
         sentHead = head
         sentTarget = target
         acquire(head, target: target, from: pool, fresh: false)
@@ -1033,8 +1025,7 @@ final class HTTPForwardHandler: ChannelDuplexHandler, UpstreamDelegate, Removabl
         guard upstream.isReused, !responseStarted, !retriedStale, !requestHadBody, let head = sentHead,
             let target = sentTarget, let context, Self.isIdempotent(head.method)
         else { return false }
-        let pool = shared.pools.pool(for: context.eventLoop) ?? privatePool
-        guard let pool else { return false }
+        let pool = shared.pools.pool(for: context.eventLoop, cache: &upstreamPool, meshTLS: shared.meshTLS)
         retriedStale = true
         var buffered = CircularBuffer<HTTPServerRequestPart>(initialCapacity: 1)
         if requestEnded { buffered.append(.end(nil)) }

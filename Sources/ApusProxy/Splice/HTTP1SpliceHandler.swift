@@ -52,15 +52,25 @@ final class HTTP1SpliceHandler: ChannelDuplexHandler, SplicedUpstreamDelegate, R
         case handingOver
     }
 
-    /// Where the current request goes, decided from its head.
-    private struct Target {
-        var upstream: UpstreamTarget
-        var labels: HTTPTrafficLabels
+    /// Where the current request goes, decided from its head. A class: the same target is kept for the next request
+    /// of a keep-alive client, and sharing it costs one retain where copying the struct retained each string in it.
+    private final class Target {
+        let upstream: UpstreamTarget
+        let labels: HTTPTrafficLabels
+
+        init(upstream: UpstreamTarget, labels: HTTPTrafficLabels) {
+            self.upstream = upstream
+            self.labels = labels
+        }
     }
 
     private let shared: ForwardingContext
     private let client: ClientInfo
     private let install: InstallCodecPath
+    /// The head limits, read once: reading them through `shared.configuration` per request copied the whole
+    /// configuration.
+    private let maxHeaderBytes: Int
+    private let maxHeaderCount: Int
     private var context: ChannelHandlerContext?
     private var phase = Phase.idle
     /// Client bytes not forwarded yet: the current request's body, then pipelined requests.
@@ -90,7 +100,8 @@ final class HTTP1SpliceHandler: ChannelDuplexHandler, SplicedUpstreamDelegate, R
     private var metrics = ExchangeMetrics()
     /// The last passthrough authority and where it goes: a keep-alive client names the same one every time.
     private var lastAuthority: (authority: String, target: Target)?
-    private var privatePool: UpstreamPool?
+    /// The connection's upstream pool (``UpstreamPools/pool(for:cache:meshTLS:)``).
+    private var upstreamPool: UpstreamPool?
     /// Bumped per attempt, so the connect result of an abandoned attempt is ignored.
     private var attempt: UInt64 = 0
 
@@ -98,6 +109,8 @@ final class HTTP1SpliceHandler: ChannelDuplexHandler, SplicedUpstreamDelegate, R
         self.shared = shared
         self.client = client
         self.install = install
+        maxHeaderBytes = shared.configuration.maxHeaderBytes
+        maxHeaderCount = shared.configuration.maxHeaderCount
     }
 
     /// Whether connections like `client`'s start on this path: plain HTTP/1.1 (mesh TLS connections carry
@@ -212,11 +225,9 @@ final class HTTP1SpliceHandler: ChannelDuplexHandler, SplicedUpstreamDelegate, R
             if inputClosed { close(context: context) }
             return
         }
-        let configuration = shared.configuration
         let scan = pending.withUnsafeReadableBytes {
             HTTP1HeadScanner.scanRequest(
-                $0, maxHeaderBytes: configuration.maxHeaderBytes, maxHeaderCount: configuration.maxHeaderCount,
-                dropped: &requestDropped)
+                $0, maxHeaderBytes: maxHeaderBytes, maxHeaderCount: maxHeaderCount, dropped: &requestDropped)
         }
         switch scan {
         case .incomplete:
@@ -346,11 +357,7 @@ final class HTTP1SpliceHandler: ChannelDuplexHandler, SplicedUpstreamDelegate, R
     }
 
     private func pool(for eventLoop: EventLoop) -> UpstreamPool {
-        if let pool = shared.pools.pool(for: eventLoop) { return pool }
-        if let privatePool { return privatePool }
-        let pool = UpstreamPool(eventLoop: eventLoop, meshTLS: shared.meshTLS)
-        privatePool = pool
-        return pool
+        shared.pools.pool(for: eventLoop, cache: &upstreamPool, meshTLS: shared.meshTLS)
     }
 
     private func connected(_ upstream: SplicedUpstreamHandler) {
