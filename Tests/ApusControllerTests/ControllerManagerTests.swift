@@ -18,6 +18,22 @@ import Testing
         let server: KubernetesTestServer
         let admin: KubernetesClient
         let refusals: NIOLockedValueBox<[AuthorizationAttributes]>
+        /// The controller clients handed out, shut down with the fixture.
+        private let clients = NIOLockedValueBox<[KubernetesClient]>([])
+
+        /// Runs `body` with a fixture and shuts it down after, also when `body` throws: a test whose `eventually`
+        /// times out then reports that, instead of crashing the whole run on an HTTP client released without
+        /// shutdown.
+        static func with(rules: [PermissionRule], _ body: (Fixture) async throws -> Void) async throws {
+            let fixture = try await start(rules: rules)
+            do {
+                try await body(fixture)
+            } catch {
+                try? await fixture.shutdown()
+                throw error
+            }
+            try await fixture.shutdown()
+        }
 
         static func start(rules: [PermissionRule]) async throws -> Fixture {
             let refusals = NIOLockedValueBox<[AuthorizationAttributes]>([])
@@ -39,9 +55,14 @@ import Testing
             return try KubernetesClient(configuration: configuration)
         }
 
-        func controllerClient() throws -> KubernetesClient { try Self.client(server, token: "controller-token") }
+        func controllerClient() throws -> KubernetesClient {
+            let client = try Self.client(server, token: "controller-token")
+            clients.withLockedValue { $0.append(client) }
+            return client
+        }
 
         func shutdown() async throws {
+            for client in clients.withLockedValue({ $0 }) { try await client.shutdown() }
             try await admin.shutdown()
             try await server.shutdown()
         }
@@ -99,109 +120,105 @@ import Testing
 
     @Test("with exactly config/rbac's permissions the caches sync, one replica leads and records it, none is refused")
     func runsWithCheckedInRBAC() async throws {
-        let fixture = try await Fixture.start(rules: try Self.checkedInRules())
-        try await Self.seedApplication(fixture.admin)
-        let clientA = try fixture.controllerClient()
-        let clientB = try fixture.controllerClient()
-        let managerA = ControllerManager(client: clientA, options: Self.options(identity: "replica-a"))
-        let managerB = ControllerManager(client: clientB, options: Self.options(identity: "replica-b"))
+        try await Fixture.with(rules: try Self.checkedInRules()) { fixture in
+            try await Self.seedApplication(fixture.admin)
+            let clientA = try fixture.controllerClient()
+            let clientB = try fixture.controllerClient()
+            let managerA = ControllerManager(client: clientA, options: Self.options(identity: "replica-a"))
+            let managerB = ControllerManager(client: clientB, options: Self.options(identity: "replica-b"))
 
-        let runA = Task { await managerA.run() }
-        try await eventually { managerA.elector?.isLeader == true }
-        let runB = Task { await managerB.run() }
-        await managerA.waitUntilSynced()
-        await managerB.waitUntilSynced()
+            let runA = Task { await managerA.run() }
+            try await eventually { managerA.elector?.isLeader == true }
+            let runB = Task { await managerB.run() }
+            await managerA.waitUntilSynced()
+            await managerB.waitUntilSynced()
 
-        for manager in [managerA, managerB] {
-            #expect(manager.pods.store.count == 3)
-            #expect(manager.services.store.count == 1)
-            #expect(manager.namespaces.store.count == 2)  // apus and shop
-            #expect(manager.endpointSlices.store.count == 1)
+            for manager in [managerA, managerB] {
+                #expect(manager.pods.store.count == 3)
+                #expect(manager.services.store.count == 1)
+                #expect(manager.namespaces.store.count == 2)  // apus and shop
+                #expect(manager.endpointSlices.store.count == 1)
+                #expect(
+                    try manager.endpointSlices.store.byIndex(
+                        name: Store<EndpointSlice>.labelIndexName(EndpointSlice.serviceNameLabel), value: "web"
+                    ).count == 1)
+                #expect(manager.serviceProfiles.store.get(ObjectKey("shop/web.shop.svc.cluster.local")) != nil)
+                #expect(manager.httpRoutes.store.get(ObjectKey("shop/web")) != nil)
+            }
+            // Changes reach both caches.
+            _ = try await fixture.admin.create(
+                Pod(
+                    metadata: ObjectMeta(name: "web-3", namespace: "shop"),
+                    spec: PodSpec(containers: [Container(name: "w")])),
+                namespace: "shop")
+            try await eventually { managerA.pods.store.count == 4 && managerB.pods.store.count == 4 }
+
+            // One leader; the standby takes over as soon as the leader shuts down and releases the lease.
+            #expect(managerB.elector?.isLeader == false)
             #expect(
-                try manager.endpointSlices.store.byIndex(
-                    name: Store<EndpointSlice>.labelIndexName(EndpointSlice.serviceNameLabel), value: "web"
-                ).count == 1)
-            #expect(manager.serviceProfiles.store.get(ObjectKey("shop/web.shop.svc.cluster.local")) != nil)
-            #expect(manager.httpRoutes.store.get(ObjectKey("shop/web")) != nil)
+                try await fixture.admin.get(Lease.self, name: "apus-controller", namespace: "apus").spec?
+                    .holderIdentity == "replica-a")
+            runA.cancel()
+            await runA.value
+            try await eventually(timeout: .seconds(3)) { managerB.elector?.isLeader == true }
+            #expect(
+                try await fixture.admin.get(Lease.self, name: "apus-controller", namespace: "apus").spec?
+                    .holderIdentity == "replica-b")
+
+            // Each new leader says so in an Event on the Lease.
+            try await eventually {
+                let events = try await fixture.admin.list(Event.self, namespace: "apus").items
+                let messages = Set(events.filter { $0.reason == "LeaderElection" }.compactMap(\.message))
+                return messages == ["replica-a became leader", "replica-b became leader"]
+            }
+            let leaseEvent = try #require(try await fixture.admin.list(Event.self, namespace: "apus").items.first)
+            #expect(leaseEvent.involvedObject.kind == "Lease" && leaseEvent.involvedObject.name == "apus-controller")
+
+            runB.cancel()
+            await runB.value
+            #expect(fixture.refusals.withLockedValue { $0 }.map(\.description) == [])
         }
-        // Changes reach both caches.
-        _ = try await fixture.admin.create(
-            Pod(
-                metadata: ObjectMeta(name: "web-3", namespace: "shop"),
-                spec: PodSpec(containers: [Container(name: "w")])),
-            namespace: "shop")
-        try await eventually { managerA.pods.store.count == 4 && managerB.pods.store.count == 4 }
-
-        // One leader; the standby takes over as soon as the leader shuts down and releases the lease.
-        #expect(managerB.elector?.isLeader == false)
-        #expect(
-            try await fixture.admin.get(Lease.self, name: "apus-controller", namespace: "apus").spec?
-                .holderIdentity == "replica-a")
-        runA.cancel()
-        await runA.value
-        try await eventually(timeout: .seconds(3)) { managerB.elector?.isLeader == true }
-        #expect(
-            try await fixture.admin.get(Lease.self, name: "apus-controller", namespace: "apus").spec?
-                .holderIdentity == "replica-b")
-
-        // Each new leader says so in an Event on the Lease.
-        try await eventually {
-            let events = try await fixture.admin.list(Event.self, namespace: "apus").items
-            let messages = Set(events.filter { $0.reason == "LeaderElection" }.compactMap(\.message))
-            return messages == ["replica-a became leader", "replica-b became leader"]
-        }
-        let leaseEvent = try #require(try await fixture.admin.list(Event.self, namespace: "apus").items.first)
-        #expect(leaseEvent.involvedObject.kind == "Lease" && leaseEvent.involvedObject.name == "apus-controller")
-
-        runB.cancel()
-        await runB.value
-        #expect(fixture.refusals.withLockedValue { $0 }.map(\.description) == [])
-        try await clientA.shutdown()
-        try await clientB.shutdown()
-        try await fixture.shutdown()
     }
 
     @Test("a graceful shutdown, as SIGTERM triggers in the ServiceGroup, stops the manager and releases the lease")
     func gracefulShutdownReleasesTheLease() async throws {
-        let fixture = try await Fixture.start(rules: try Self.checkedInRules())
-        try await Self.seedApplication(fixture.admin)
-        let client = try fixture.controllerClient()
-        let manager = ControllerManager(client: client, options: Self.options(identity: "replica-a"))
-        try await testGracefulShutdown { trigger in
-            let run = Task { await manager.run() }
-            try await eventually { manager.elector?.isLeader == true }
-            trigger.triggerGracefulShutdown()
-            await run.value
+        try await Fixture.with(rules: try Self.checkedInRules()) { fixture in
+            try await Self.seedApplication(fixture.admin)
+            let client = try fixture.controllerClient()
+            let manager = ControllerManager(client: client, options: Self.options(identity: "replica-a"))
+            try await testGracefulShutdown { trigger in
+                let run = Task { await manager.run() }
+                try await eventually { manager.elector?.isLeader == true }
+                trigger.triggerGracefulShutdown()
+                await run.value
+            }
+            #expect(manager.elector?.isLeader == false)
+            let lease = try await fixture.admin.get(Lease.self, name: "apus-controller", namespace: "apus")
+            #expect(lease.spec?.holderIdentity == nil)
         }
-        #expect(manager.elector?.isLeader == false)
-        let lease = try await fixture.admin.get(Lease.self, name: "apus-controller", namespace: "apus")
-        #expect(lease.spec?.holderIdentity == nil)
-        try await client.shutdown()
-        try await fixture.shutdown()
     }
 
     @Test("a role missing a rule the code needs is caught: the request is refused and that cache never syncs")
     func missingPermissionIsRefused() async throws {
         let rules = try Self.checkedInRules().filter { $0.resource != "httproutes" }
-        let fixture = try await Fixture.start(rules: rules)
-        try await Self.seedApplication(fixture.admin)
-        let client = try fixture.controllerClient()
-        let manager = ControllerManager(client: client, options: Self.options(identity: "replica-a"))
-        let run = Task { await manager.run() }
-        await manager.pods.waitUntilSynced()
-        try await eventually {
-            fixture.refusals.withLockedValue { refused in
-                refused.contains { $0.resource == "httproutes" && $0.verb == "list" }
+        try await Fixture.with(rules: rules) { fixture in
+            try await Self.seedApplication(fixture.admin)
+            let client = try fixture.controllerClient()
+            let manager = ControllerManager(client: client, options: Self.options(identity: "replica-a"))
+            let run = Task { await manager.run() }
+            await manager.pods.waitUntilSynced()
+            try await eventually {
+                fixture.refusals.withLockedValue { refused in
+                    refused.contains { $0.resource == "httproutes" && $0.verb == "list" }
+                }
             }
+            #expect(!manager.httpRoutes.hasSynced)
+            await #expect(throws: KubernetesError.forbidden) {
+                _ = try await client.list(HTTPRoute.self, namespace: "shop")
+            }
+            run.cancel()
+            await run.value
         }
-        #expect(!manager.httpRoutes.hasSynced)
-        await #expect(throws: KubernetesError.forbidden) {
-            _ = try await client.list(HTTPRoute.self, namespace: "shop")
-        }
-        run.cancel()
-        await run.value
-        try await client.shutdown()
-        try await fixture.shutdown()
     }
 }
 

@@ -64,7 +64,6 @@ struct InjectorEndToEndTests {
             _ = try? await webhookTask.value
             await managerTask.value
             #expect(api.refusals.withLockedValue { $0 }.isEmpty, "the controller made calls its RBAC does not allow")
-            try await manager.client.shutdown()
             try await api.shutdown()
         }
 
