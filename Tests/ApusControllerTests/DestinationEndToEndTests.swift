@@ -181,8 +181,6 @@ struct TestMesh {
         await proxy.shutdown()
         restarted.task.cancel()
         await restarted.task.value
-        try await controller.client.shutdown()
-        try await restarted.client.shutdown()
         #expect(fixture.refusals.withLockedValue { $0 }.map(\.description) == [])
         try await fixture.shutdown()
     }

@@ -121,8 +121,8 @@ struct IdentityFixture {
         try await admin.list(Event.self).items.filter { $0.reason == reason }
     }
 
+    /// Shuts down the API fixture, which also shuts down ``controller`` (it came from `api.controllerClient()`).
     func shutdown() async throws {
-        try await controller.shutdown()
         try await api.shutdown()
     }
 }
